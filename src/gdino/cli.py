@@ -1,0 +1,66 @@
+"""``gdino <command>``: argument parsing and error reporting only.
+
+Each sub-package registers its commands through a ``register(subparsers)`` function in its
+``commands.py``; handlers are short and import their heavy dependencies lazily so that
+``gdino --help`` stays fast. A :class:`gdino.errors.GdinoError` (or a missing file, or an
+interrupted job) ends the process with a one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from gdino.errors import GdinoError
+
+#: modules whose ``register(subparsers)`` adds commands, in help order
+COMMAND_MODULES = (
+    "gdino.infer.commands",
+    "gdino.segment.commands",
+    "gdino.eval.commands",
+    "gdino.train.commands",
+    "gdino.weights.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``gdino`` parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="gdino",
+        description="Grounding DINO in pure PyTorch: detect, label, segment, evaluate, train, convert.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code = args.func(args)
+    except GdinoError as err:
+        print(f"gdino {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"gdino {args.command}: error: file not found: {err.filename or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gdino {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Bi-directional image <-> text cross-attention (the feature enhancer's fusion layer).
+
+Follows the official ``BiAttentionBlock``/``BiMultiHeadAttention`` with one deliberate fix: the
+score normalization subtracts the maximum of each batch item (over heads, image and text tokens)
+instead of one maximum over the whole batch, so one image's scores can no longer flatten another's
+through the +-50000 clamp. For a single image the two are identical.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+CLAMP = 50000.0
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample; identity in eval mode or with ``p == 0``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * x.new_empty(shape).bernoulli_(keep) / keep
+
+
+class BiMultiHeadAttention(nn.Module):
+    """Image tokens attend to text tokens and text tokens attend to image tokens, in one step.
+
+    Parameter names match the official checkpoint (``v_proj``, ``l_proj``, ``values_v_proj``,
+    ``values_l_proj``, ``out_v_proj``, ``out_l_proj``).
+    """
+
+    def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.embed_dim = embed_dim
+        self.scale = self.head_dim**-0.5
+        self.v_proj = nn.Linear(v_dim, embed_dim)
+        self.l_proj = nn.Linear(l_dim, embed_dim)
+        self.values_v_proj = nn.Linear(v_dim, embed_dim)
+        self.values_l_proj = nn.Linear(l_dim, embed_dim)
+        self.out_v_proj = nn.Linear(embed_dim, v_dim)
+        self.out_l_proj = nn.Linear(embed_dim, l_dim)
+        for lin in (self.v_proj, self.l_proj, self.values_v_proj, self.values_l_proj, self.out_v_proj, self.out_l_proj):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self, v: Tensor, l: Tensor, image_padding: Tensor | None, text_padding: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """v ``[B,N,v_dim]``, l ``[B,L,l_dim]``, paddings bool True=padding -> (dv, dl)."""
+        b, n, _ = v.shape
+        length = l.shape[1]
+        q = self._heads(self.v_proj(v) * self.scale)
+        k = self._heads(self.l_proj(l))
+        val_v = self._heads(self.values_v_proj(v))
+        val_l = self._heads(self.values_l_proj(l))
+        scores = q @ k.transpose(-1, -2)  # [B, h, N, L]
+        item_max = scores.flatten(1).max(dim=1).values.view(b, 1, 1, 1)
+        scores = (scores - item_max).clamp(-CLAMP, CLAMP)
+        scores_t = scores.transpose(-1, -2)  # [B, h, L, N]
+        scores_t = (scores_t - scores_t.max(dim=-1, keepdim=True).values).clamp(-CLAMP, CLAMP)
+        if image_padding is not None:
+            scores_t = scores_t.masked_fill(image_padding[:, None, None, :], float("-inf"))
+        if text_padding is not None:
+            scores = scores.masked_fill(text_padding[:, None, None, :], float("-inf"))
+        attn_l = F.softmax(scores_t, dim=-1)
+        attn_v = F.softmax(scores, dim=-1)
+        out_v = (attn_v @ val_l).transpose(1, 2).reshape(b, n, self.embed_dim)
+        out_l = (attn_l @ val_v).transpose(1, 2).reshape(b, length, self.embed_dim)
+        return self.out_v_proj(out_v), self.out_l_proj(out_l)
+
+
+class BiAttentionBlock(nn.Module):
+    """LayerNorm both streams, fuse, add gated residuals to the *normalized* inputs (official)."""
+
+    def __init__(
+        self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, init_gamma: float = 1e-4, drop_path: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.layer_norm_v = nn.LayerNorm(v_dim)
+        self.layer_norm_l = nn.LayerNorm(l_dim)
+        self.attn = BiMultiHeadAttention(v_dim, l_dim, embed_dim, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.gamma_v = nn.Parameter(init_gamma * torch.ones(v_dim))
+        self.gamma_l = nn.Parameter(init_gamma * torch.ones(l_dim))
+
+    def forward(
+        self, v: Tensor, l: Tensor, image_padding: Tensor | None, text_padding: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        v = self.layer_norm_v(v)
+        l = self.layer_norm_l(l)
+        dv, dl = self.attn(v, l, image_padding, text_padding)
+        return v + self.drop_path(self.gamma_v * dv), l + self.drop_path(self.gamma_l * dl)
