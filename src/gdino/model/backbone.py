@@ -1,0 +1,236 @@
+"""Swin Transformer image backbone, computed as the official (mmdet-style) code.
+
+Images of any size: the patch embedding pads right/bottom to a multiple of the patch size, every
+block pads to a multiple of the window size (padded tokens are not masked, as the official), the
+shifted blocks use the -100 region mask, patch merging pads odd sizes. Parameter names follow the
+official checkpoint (``backbone.0.*`` there, ``backbone.*`` in gdino). Window attention runs through
+``scaled_dot_product_attention`` with the relative position bias (and shift mask) as additive mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from gdino.config import SwinConfig
+from gdino.model.fusion import DropPath
+
+
+def relative_position_index(window_size: int) -> Tensor:
+    """``[ws*ws, ws*ws]`` index into the ``(2ws-1)^2`` bias table for every token pair of a window."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
+    flat = coords.flatten(1)
+    rel = (flat[:, :, None] - flat[:, None, :]).permute(1, 2, 0) + (window_size - 1)
+    return rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
+
+
+def window_partition(x: Tensor, ws: int) -> Tensor:
+    """``[B,H,W,C]`` (H, W multiples of ws) -> ``[B*nW, ws*ws, C]``."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, c)
+
+
+def window_reverse(windows: Tensor, ws: int, h: int, w: int) -> Tensor:
+    """Inverse of :func:`window_partition`."""
+    c = windows.shape[-1]
+    b = windows.shape[0] // ((h // ws) * (w // ws))
+    x = windows.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+def shift_region_mask(hp: int, wp: int, ws: int, shift: int, device: torch.device) -> Tensor:
+    """``[nW, ws*ws, ws*ws]`` additive mask (0 or -100) keeping shifted windows to their regions."""
+    img = torch.zeros((1, hp, wp, 1), device=device)
+    region = 0
+    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+            img[:, hs, wsl, :] = region
+            region += 1
+    windows = window_partition(img, ws).squeeze(-1)
+    diff = windows[:, None, :] - windows[:, :, None]
+    return torch.where(diff != 0, torch.tensor(-100.0, device=device), torch.tensor(0.0, device=device))
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x ``[B*nW, N, C]``; mask ``[nW, N, N]`` additive or None."""
+        bw, n, c = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x).view(bw, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(n, n, heads).permute(2, 0, 1).to(q.dtype)  # [heads, N, N]
+        if mask is None:
+            attn_mask = bias[None].expand(bw, -1, -1, -1)
+        else:
+            nw = mask.shape[0]
+            full = bias[None] + mask[:, None].to(q.dtype)  # [nW, heads, N, N]
+            attn_mask = full[None].expand(bw // nw, -1, -1, -1, -1).reshape(bw, heads, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm (shifted) window attention + MLP."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift: int, mlp_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.window_size, self.shift = window_size, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, h: int, w: int, mask: Tensor | None) -> Tensor:
+        b, _, c = x.shape
+        ws = self.window_size
+        shortcut = x
+        x = self.norm1(x).view(b, h, w, c)
+        pad_r, pad_b = (ws - w % ws) % ws, (ws - h % ws) % ws
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        hp, wp = h + pad_b, w + pad_r
+        if self.shift:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        windows = self.attn(window_partition(x, ws), mask if self.shift else None)
+        x = window_reverse(windows, ws, hp, wp)
+        if self.shift:
+            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x[:, :h, :w].reshape(b, h * w, c)
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: Tensor, h: int, w: int) -> Tensor:
+        b, _, c = x.shape
+        x = x.view(b, h, w, c)
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
+                 drop_paths: list[float], downsample: bool) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.shift = window_size // 2
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else self.shift, mlp_ratio, drop_paths[i])
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim) if downsample else None
+        self.use_checkpoint = False
+
+    def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, Tensor | None]:
+        ws = self.window_size
+        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        mask = shift_region_mask(hp, wp, ws, self.shift, x.device) if len(self.blocks) > 1 else None
+        for block in self.blocks:
+            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, h, w, mask, use_reentrant=False)
+            else:
+                x = block(x, h, w, mask)
+        down = self.downsample(x, h, w) if self.downsample is not None else None
+        return x, down
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(3, embed_dim, patch_size, patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.patch_size
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
+        x = self.proj(x)
+        b, c, hh, ww = x.shape
+        x = self.norm(x.flatten(2).transpose(1, 2))
+        return x.transpose(1, 2).view(b, c, hh, ww)
+
+
+class SwinTransformer(nn.Module):
+    """Returns the NCHW maps of the stages in ``cfg.out_indices`` (each through its ``norm{i}``)."""
+
+    def __init__(self, cfg: SwinConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
+        total = sum(cfg.depths)
+        rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        self.layers = nn.ModuleList()
+        start = 0
+        for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
+            self.layers.append(
+                SwinStage(cfg.embed_dim * 2**i, depth, heads, cfg.window_size, cfg.mlp_ratio,
+                          rates[start:start + depth], downsample=i < len(cfg.depths) - 1)
+            )
+            start += depth
+        for i in cfg.out_indices:
+            self.add_module(f"norm{i}", nn.LayerNorm(cfg.embed_dim * 2**i))
+        self.apply(_init_weights)
+
+    @property
+    def use_checkpoint(self) -> bool:
+        return all(stage.use_checkpoint for stage in self.layers)
+
+    @use_checkpoint.setter
+    def use_checkpoint(self, value: bool) -> None:
+        for stage in self.layers:
+            stage.use_checkpoint = bool(value)
+
+    def forward(self, pixel_values: Tensor) -> list[Tensor]:
+        x = self.patch_embed(pixel_values)
+        h, w = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        outs: list[Tensor] = []
+        for i, stage in enumerate(self.layers):
+            out, down = stage(x, h, w)
+            if i in self.cfg.out_indices:
+                out = getattr(self, f"norm{i}")(out)
+                outs.append(out.view(-1, h, w, out.shape[-1]).permute(0, 3, 1, 2).contiguous())
+            if down is not None:
+                x, h, w = down, (h + 1) // 2, (w + 1) // 2
+        return outs
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
