@@ -122,13 +122,16 @@ def test_denoising_queries_do_not_leak_into_matching_queries(tiny_model):
     assert with_dn.dn_logits[-1].shape == (1, n, 256)
 
 
-@pytest.mark.parametrize("dtype,mem_tol,box_tol", [(torch.bfloat16, 0.04, 0.05), (torch.float16, 0.005, 0.01)])
-def test_half_precision_close_to_fp32(tiny_model, dtype, mem_tol, box_tol, monkeypatch):
+@pytest.mark.parametrize(
+    "dtype,mem_tol,box_tol,logit_tol", [(torch.bfloat16, 0.04, 0.05, 0.08), (torch.float16, 0.005, 0.01, 0.01)]
+)
+def test_half_precision_close_to_fp32(tiny_model, dtype, mem_tol, box_tol, logit_tol, monkeypatch):
     """Half precision against fp32 on the same weights.
 
     Query selection is a top-k over near-tied scores (random weights), so the half run is given the
     fp32 run's selected queries (cast to its dtype); then: encoder memory within ``mem_tol`` relative
-    (bf16 keeps 8 mantissa bits, fp16 11) and every final box within ``box_tol`` absolute.
+    (bf16 keeps 8 mantissa bits, fp16 11), every final box within ``box_tol`` absolute and every
+    valid logit within ``logit_tol`` of the largest logit.
     """
     import gdino.model.grounding_dino as gd
 
@@ -159,7 +162,7 @@ def test_half_precision_close_to_fp32(tiny_model, dtype, mem_tol, box_tol, monke
     assert (out.boxes.float() - ref.boxes).abs().max().item() < box_tol
     valid = ref.text_mask[0]
     logit_err = (out.logits.float()[0][:, valid] - ref.logits[0][:, valid]).abs().max().item()
-    assert logit_err < 0.05 * ref.logits[0][:, valid].abs().max().item()
+    assert logit_err < logit_tol * ref.logits[0][:, valid].abs().max().item()
 
 
 def test_autocast_bf16_runs(tiny_model):

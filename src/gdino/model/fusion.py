@@ -60,14 +60,24 @@ class BiMultiHeadAttention(nn.Module):
     def forward(
         self, v: Tensor, l: Tensor, image_padding: Tensor | None, text_padding: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """v ``[B,N,v_dim]``, l ``[B,L,l_dim]``, paddings bool True=padding -> (dv, dl)."""
-        b, n, _ = v.shape
+        """v ``[B,N,v_dim]``, l ``[B,L,l_dim]``, paddings bool True=padding -> (dv, dl).
+
+        Computed re-associated (the same products in another order): the image-side projections
+        ``v_proj``, ``values_v_proj`` and ``out_v_proj`` act on N image tokens in the official code
+        (3 x N x v_dim x embed_dim multiply-adds); here they are folded into the L text tokens
+        first, so the image tokens only meet ``[v_dim, heads*L]`` matrices. Equal to the direct
+        order up to float rounding, for any prompt length.
+        """
+        b, n, v_dim = v.shape
         length = l.shape[1]
-        q = self._heads(self.v_proj(v) * self.scale)
-        k = self._heads(self.l_proj(l))
-        val_v = self._heads(self.values_v_proj(v))
-        val_l = self._heads(self.values_l_proj(l))
-        scores = q @ k.transpose(-1, -2)  # [B, h, N, L]
+        heads, hd = self.num_heads, self.head_dim
+        k = self._heads(self.l_proj(l))  # [B, h, L, hd]
+        val_l = self._heads(self.values_l_proj(l))  # [B, h, L, hd]
+        # scores = (v Wv_h^T + bv_h) k_h^T * scale = v (Wv_h^T k_h^T) + bv_h k_h^T  (times scale)
+        wv = self.v_proj.weight.view(heads, hd, v_dim)
+        m = torch.einsum("hdc,bhtd->bcht", wv, k).reshape(b, v_dim, heads * length) * self.scale
+        c = torch.einsum("hd,bhtd->bht", self.v_proj.bias.view(heads, hd), k).reshape(b, 1, heads * length)
+        scores = torch.baddbmm(c * self.scale, v, m).view(b, n, heads, length).transpose(1, 2)  # [B, h, N, L]
         item_max = scores.flatten(1).max(dim=1).values.view(b, 1, 1, 1)
         scores = (scores - item_max).clamp(-CLAMP, CLAMP)
         scores_t = scores.transpose(-1, -2)  # [B, h, L, N]
@@ -78,9 +88,17 @@ class BiMultiHeadAttention(nn.Module):
             scores = scores.masked_fill(text_padding[:, None, None, :], float("-inf"))
         attn_l = F.softmax(scores_t, dim=-1)
         attn_v = F.softmax(scores, dim=-1)
-        out_v = (attn_v @ val_l).transpose(1, 2).reshape(b, n, self.embed_dim)
-        out_l = (attn_l @ val_v).transpose(1, 2).reshape(b, length, self.embed_dim)
-        return self.out_v_proj(out_v), self.out_l_proj(out_l)
+        # image side: sum_h attn_v_h (val_l_h Wout_h^T) + b_out
+        wout = self.out_v_proj.weight.view(v_dim, heads, hd)
+        p = torch.einsum("bhtd,chd->bhtc", val_l, wout).reshape(b, heads * length, v_dim)
+        attn_v = attn_v.permute(0, 2, 1, 3).reshape(b, n, heads * length)
+        out_v = torch.baddbmm(self.out_v_proj.bias.view(1, 1, v_dim), attn_v, p)
+        # text side: attn_l_h (v Wvv_h^T + bvv_h) = (attn_l_h v) Wvv_h^T + bvv_h (rows of attn_l sum to 1)
+        pooled = torch.bmm(attn_l.reshape(b, heads * length, n), v).view(b, heads, length, v_dim)
+        wvv = self.values_v_proj.weight.view(heads, hd, v_dim)
+        val_v = torch.einsum("bhtc,hdc->bhtd", pooled, wvv) + self.values_v_proj.bias.view(1, heads, 1, hd)
+        out_l = val_v.transpose(1, 2).reshape(b, length, self.embed_dim)
+        return out_v, self.out_l_proj(out_l)
 
 
 class BiAttentionBlock(nn.Module):
