@@ -1,0 +1,376 @@
+"""``gdino label``: auto-label a folder of images into a COCO (and optionally YOLO) dataset.
+
+Output folder layout::
+
+    OUT/annotations.json            COCO: images, categories, annotations (with "score")
+    OUT/labels/<image path>.txt     YOLO (with format "yolo"): "class cx cy w h", normalized
+    OUT/data.yaml, OUT/classes.txt  YOLO class names
+    OUT/skipped.json                images that could not be read, with the reason
+    OUT/.gdino-label/job.json       the job's settings (a resume must use the same ones)
+    OUT/.gdino-label/journal.jsonl  one line per finished image: the source of truth
+
+Resumable: each finished image is appended to the journal with a single ``write`` of a whole
+line; the dataset files are rebuilt from the journal and replaced atomically at the end. A job
+killed at any moment (even ``SIGKILL``) and run again skips the images in the journal (a torn
+last line is discarded and that image redone), so every image appears exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gdino.errors import GdinoError, InputImageError
+from gdino.infer.detections import Detections
+from gdino.infer.detector import DecodeOptions, Detector
+from gdino.infer.images import find_images
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".gdino-label"
+FORMATS = ("coco", "yolo")
+
+
+@dataclass
+class LabelSummary:
+    """What a labeling run did."""
+
+    total: int = 0  # images found
+    labeled: int = 0  # labeled in this run
+    resumed: int = 0  # already in the journal when the run started
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason), all runs
+    detections: int = 0  # boxes in the final dataset
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """True when no image at all could be labeled."""
+        return self.total > 0 and len(self.skipped) >= self.total
+
+    def line(self) -> str:
+        rate = self.labeled / self.seconds if self.seconds > 0 else 0.0
+        text = f"labeled {self.total - len(self.skipped)} of {self.total} images"
+        if self.resumed:
+            text += f" ({self.resumed} from an earlier run)"
+        text += f", {self.detections} boxes, {rate:.2f} images/s"
+        if self.skipped:
+            text += f"; skipped {len(self.skipped)} unreadable (listed in skipped.json)"
+        return text
+
+
+class Journal:
+    """Append-only JSON-lines file with whole-line writes; tolerant of a torn last line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            self._recover()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._unsynced = 0
+
+    def _recover(self) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # killed in the middle of a write: drop the torn tail
+            logger.info("journal %s: discarding a partial last line (%d bytes)", self.path, len(data) - end)
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+        for raw in data[:end].splitlines():
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                logger.warning("journal %s: ignoring an unreadable line", self.path)
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("file"), str):
+                self.records.setdefault(rec["file"], rec)
+
+    def add(self, record: dict[str, Any]) -> None:
+        if record["file"] in self.records:
+            return
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        written = os.write(self._fd, line)
+        if written != len(line):  # pragma: no cover - regular files write fully
+            raise OSError(f"short write to {self.path}")
+        self.records[record["file"]] = record
+        self._unsynced += 1
+        if self._unsynced >= 16:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+        self._unsynced = 0
+
+    def close(self) -> None:
+        self.sync()
+        os.close(self._fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def label_folder(
+    detector: Detector,
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    classes: Sequence[str],
+    *,
+    box_threshold: float = 0.35,
+    nms: float | None = None,
+    formats: Sequence[str] = ("coco",),
+    segmenter: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    workers: int = 2,
+    settings: dict[str, Any] | None = None,
+) -> LabelSummary:
+    """Label every image under ``folder`` with ``classes`` into the dataset folder ``out``.
+
+    Args:
+        detector: runs the model (its batch size, dtype and image size apply).
+        classes: category names (classes mode: one class per box).
+        formats: any of ``"coco"`` (always written) and ``"yolo"``.
+        segmenter: optional Grounded-SAM segmenter (``segment(rgb_uint8, detections)``) adding masks.
+        overwrite: discard an earlier job in ``out`` instead of resuming it.
+        workers: image-loading threads.
+        settings: extra settings recorded in ``job.json`` (e.g. weights); a resume must match.
+
+    Raises:
+        InputImageError: ``folder`` is missing or holds no images.
+        GdinoError: ``out`` holds a job with other settings (and ``overwrite`` is False).
+    """
+    start = time.perf_counter()
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise GdinoError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    root, out = Path(folder), Path(out)
+    files = find_images(root, exclude=out)
+    if not files:
+        raise InputImageError(f"{root}: no images found (looked for .jpg, .png, .webp, ... recursively)")
+    prompt = detector.prompt(list(classes))
+    opts = DecodeOptions(box_threshold=box_threshold, nms_iou=nms)
+
+    job = {
+        "classes": list(prompt.class_names),
+        "box_threshold": box_threshold,
+        "nms": nms,
+        "masks": segmenter is not None,
+        "image_size": repr(detector.preprocess_config),
+        **(settings or {}),
+    }
+    state = out / STATE_DIR
+    _prepare_state(state, job, overwrite)
+    journal = Journal(state / "journal.jsonl")
+    rel = {f: f.relative_to(root).as_posix() for f in files}
+    summary = LabelSummary(total=len(files))
+    summary.resumed = sum(1 for f in files if rel[f] in journal.records)
+    todo = [f for f in files if rel[f] not in journal.records]
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(files), initial=len(files) - len(todo), unit="img", desc="labeling",
+        disable=not progress, dynamic_ncols=True, smoothing=0.1,
+    )
+    try:
+        for (name, loaded), dets in detector.run(_loaded(detector, prompt, todo, rel, journal, bar, workers), opts):
+            if segmenter is not None and len(dets):
+                import numpy as np
+
+                dets = segmenter.segment(np.asarray(loaded.image), dets)
+            journal.add(_record(name, dets))
+            summary.labeled += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        journal.close()
+
+    summary.outputs = write_dataset(out, root, files, rel, journal.records, list(prompt.class_names), formats, job)
+    summary.skipped = [(r["file"], r["error"]) for r in (journal.records.get(rel[f]) for f in files) if r and "error" in r]
+    summary.detections = sum(len(r.get("detections", [])) for r in journal.records.values())
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _prepare_state(state: Path, job: dict[str, Any], overwrite: bool) -> None:
+    job_file = state / "job.json"
+    if overwrite and state.exists():
+        for name in ("journal.jsonl", "job.json"):
+            (state / name).unlink(missing_ok=True)
+    if job_file.exists():
+        try:
+            old = json.loads(job_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != json.loads(json.dumps(job)):
+            diff = _first_difference(old, job)
+            raise GdinoError(
+                f"{state.parent} holds a labeling job with other settings ({diff}); "
+                "use --overwrite to start over, or another --out"
+            )
+        return
+    state.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(job_file, json.dumps(job, indent=2, ensure_ascii=False))
+
+
+def _first_difference(old: Any, new: dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "unreadable job.json"
+    new = json.loads(json.dumps(new))
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            a, b = json.dumps(old.get(key)), json.dumps(new.get(key))
+            return f"{key}: {a[:40]} before, {b[:40]} now"
+    return "unknown difference"
+
+
+def _loaded(detector: Detector, prompt, todo: list[Path], rel: dict[Path, str], journal: Journal, bar, workers: int) -> Iterator:
+    """Prepared images in order, loaded ahead by threads; unreadable ones go to the journal."""
+
+    def load(path: Path):
+        try:
+            return detector.prepare(path, name=rel[path]), None
+        except InputImageError as e:
+            return None, str(e)
+        except MemoryError:
+            return None, f"{rel[path]}: out of memory while decoding"
+
+    ahead = max(2, 2 * detector.batch_size)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = []
+        it = iter(todo)
+        for path in it:
+            pending.append((path, pool.submit(load, path)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            path, fut = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(load, nxt)))
+            prepared, error = fut.result()
+            if error is not None:
+                logger.warning("skipping %s", error)
+                journal.add({"file": rel[path], "error": error})
+                bar.update(1)
+                continue
+            yield (rel[path], prepared.loaded), prepared, prompt
+
+
+def _record(name: str, dets: Detections) -> dict[str, Any]:
+    w, h = dets.image_size
+    items = []
+    for i in range(len(dets)):
+        d: dict[str, Any] = {
+            "box": [round(v, 2) for v in dets.xyxy[i].tolist()],
+            "score": round(float(dets.scores[i]), 5),
+            "class_id": int(dets.class_ids[i]),
+        }
+        if dets.masks is not None:
+            from gdino.segment.rle import encode_mask
+
+            d["mask"] = encode_mask(dets.masks[i].numpy())
+            d["mask_area"] = int(dets.masks[i].sum())
+        if dets.mask_scores is not None:
+            d["mask_score"] = round(float(dets.mask_scores[i]), 5)
+        items.append(d)
+    return {"file": name, "width": w, "height": h, "detections": items}
+
+
+def write_dataset(
+    out: Path,
+    root: Path,
+    files: list[Path],
+    rel: dict[Path, str],
+    records: dict[str, dict[str, Any]],
+    class_names: list[str],
+    formats: Sequence[str],
+    job: dict[str, Any],
+) -> list[str]:
+    """Rebuild the dataset files from journal records (in folder order); returns their paths."""
+    images, annotations, skipped = [], [], []
+    for f in files:
+        rec = records.get(rel[f])
+        if rec is None:
+            continue
+        if "error" in rec:
+            skipped.append({"file": rec["file"], "reason": rec["error"]})
+            continue
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": rec["file"], "width": rec["width"], "height": rec["height"]})
+        for d in rec["detections"]:
+            x0, y0, x1, y1 = d["box"]
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": d["class_id"] + 1,
+                "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
+                "area": round(max(x1 - x0, 0) * max(y1 - y0, 0), 2),
+                "iscrowd": 0,
+                "score": d["score"],
+            }
+            if "mask" in d:
+                ann["segmentation"] = d["mask"]
+                ann["area"] = d.get("mask_area", ann["area"])
+            if "mask_score" in d:
+                ann["mask_score"] = d["mask_score"]
+            annotations.append(ann)
+    coco = {
+        "info": {
+            "description": "labeled by gdino label",
+            "image_root": str(root.resolve()),
+            "date_created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "settings": job,
+        },
+        "images": images,
+        "categories": [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(class_names)],
+        "annotations": annotations,
+    }
+    written = [out / "annotations.json", out / "skipped.json"]
+    atomic_write_text(out / "annotations.json", json.dumps(coco, ensure_ascii=False))
+    atomic_write_text(out / "skipped.json", json.dumps(skipped, indent=1, ensure_ascii=False))
+    if "yolo" in formats:
+        written += _write_yolo(out, root, images, annotations, class_names)
+    return [str(p) for p in written]
+
+
+def _write_yolo(out: Path, images_root: Path, images: list[dict], annotations: list[dict], class_names: list[str]) -> list[Path]:
+    """YOLO txt files mirroring the image folder under ``out/labels`` (one per image, empty if none)."""
+    by_image: dict[int, list[dict]] = {}
+    for a in annotations:
+        by_image.setdefault(a["image_id"], []).append(a)
+    seen: dict[Path, str] = {}
+    for img in images:
+        w, h = img["width"], img["height"]
+        lines = []
+        for a in by_image.get(img["id"], []):
+            x, y, bw, bh = a["bbox"]
+            lines.append(
+                f"{a['category_id'] - 1} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}"
+            )
+        target = out / "labels" / Path(img["file_name"]).with_suffix(".txt")
+        if target in seen:
+            logger.warning("YOLO labels of %s and %s share %s; the last one wins", seen[target], img["file_name"], target)
+        seen[target] = img["file_name"]
+        atomic_write_text(target, "".join(line + "\n" for line in lines))
+    names = "".join(f"  {i}: {json.dumps(n, ensure_ascii=False)}\n" for i, n in enumerate(class_names))
+    root = json.dumps(str(Path(images_root).resolve()), ensure_ascii=False)
+    atomic_write_text(out / "data.yaml", f"path: {root}\ntrain: .\nval: .\nnames:\n{names}")
+    atomic_write_text(out / "classes.txt", "".join(n + "\n" for n in class_names))
+    return [out / "labels", out / "data.yaml", out / "classes.txt"]

@@ -1,0 +1,108 @@
+"""``gdino segment``: detect with a prompt, then mask every box (Grounded-SAM); JSON out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from gdino.errors import InputImageError
+
+logger = logging.getLogger("gdino.segment")
+
+
+def register(subparsers) -> None:
+    """Add the ``segment`` sub-command."""
+    from gdino.infer.commands import _add_model_options, _add_prompt_options
+
+    p = subparsers.add_parser(
+        "segment",
+        help="detect what a prompt names, then mask every box with SAM / SAM 2 (Grounded-SAM)",
+        description="Detect objects named by a prompt (-p) or a class list (--classes), then segment "
+        "each box with a SAM or SAM 2 model. Prints JSON with COCO RLE masks (or writes it with --out); "
+        "--draw saves images with translucent masks, outlines and labels.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    _add_prompt_options(p)
+    _add_model_options(p)
+    p.add_argument("--text-threshold", type=float, default=0.25, help="phrase mode: token threshold for labels (default 0.25)")
+    p.add_argument(
+        "--segmenter", default="sam-vit-b", metavar="NAME",
+        help="sam-vit-b (default), sam-vit-l, sam-vit-h, sam2.1-hiera-t, -s, -b+, -l",
+    )
+    p.add_argument(
+        "--segmenter-weights", metavar="PATH",
+        help="segmenter checkpoint (.pth/.pt/.safetensors); default: the released weights from the Hugging Face cache",
+    )
+    p.add_argument("--segmenter-dtype", default="fp32", help="the segmenter's own precision: fp32 (default), fp16 or bf16")
+    p.add_argument("--multimask", action="store_true", help="predict 3 masks per box and keep the best by SAM's predicted IoU")
+    p.add_argument("--out", metavar="FILE", help="write the JSON here instead of stdout")
+    p.add_argument("--draw", metavar="DIR", help="save each image with its masks and boxes drawn into DIR")
+    p.set_defaults(func=run_segment_command)
+
+
+def run_segment_command(args) -> int:
+    from gdino.infer.commands import _check_common, _draw_all, _load, _detector, parse_classes
+    from gdino.infer.detector import DecodeOptions
+    from gdino.infer.images import load_image
+    from gdino.infer.runtime import resolve_dtype
+    from gdino.segment.build import build_segmenter, canonical_name
+    from gdino.segment.pipeline import run_segment
+
+    _check_common(args)
+    canonical_name(args.segmenter)  # unknown name: fail before loading anything
+    resolve_dtype(args.segmenter_dtype)
+    classes = parse_classes(args.classes) if args.classes is not None else None
+    loaded, errors = [], []
+    for path in args.images:
+        try:
+            loaded.append(load_image(path))
+        except InputImageError as e:
+            errors.append({"image": path, "error": str(e)})
+            print(f"gdino segment: warning: skipping {e}", file=sys.stderr)
+    if not loaded:
+        if len(errors) == 1:
+            raise InputImageError(errors[0]["error"])
+        raise InputImageError(f"none of the {len(errors)} images could be read (first: {errors[0]['error']})")
+
+    model, weights, dtype = _load(args)
+    segmenter = build_segmenter(
+        args.segmenter, args.segmenter_weights, model.device, args.segmenter_dtype, multimask=args.multimask
+    )
+    detector = _detector(model, args, dtype)
+    built = detector.prompt(classes if classes is not None else args.prompt)
+    opts = DecodeOptions(args.box_threshold, args.text_threshold, nms_iou=args.nms)
+    from tqdm import tqdm
+
+    results = [None] * len(loaded)
+    with tqdm(total=len(loaded), unit="img", desc="segmenting", disable=len(loaded) < 2 or None, file=sys.stderr) as bar:
+        for i, dets in run_segment(detector, segmenter, ((i, img, built) for i, img in enumerate(loaded)), opts):
+            results[i] = dets
+            bar.update(1)
+
+    doc = {
+        "weights": str(weights),
+        "segmenter": getattr(segmenter, "name", args.segmenter),
+        "segmenter_weights": args.segmenter_weights,
+        "mode": built.mode,
+        "prompt": args.prompt if classes is None else None,
+        "classes": list(built.class_names),
+        "box_threshold": args.box_threshold,
+        "text_threshold": args.text_threshold if classes is None else None,
+        "results": [r.to_dict() for r in results],
+        "errors": errors,
+    }
+    doc = {k: v for k, v in doc.items() if v is not None}
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    if args.out:
+        from gdino.infer.label import atomic_write_text
+
+        atomic_write_text(Path(args.out), text + "\n")
+        logger.info("wrote %s", args.out)
+    else:
+        sys.stdout.write(text + "\n")
+    if args.draw:
+        _draw_all(loaded, results, Path(args.draw))
+    return 0
+
