@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from gdino.train.commands import build_trainer, coco_validator
+    from gdino.train.build import build_trainer, coco_validator
     from gdino.train.config import load_config
     from gdino.train.trainer import close_writer
 

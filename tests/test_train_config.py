@@ -160,7 +160,7 @@ def test_cli_parses_config_overrides_and_resume():
 def test_minilm_text_weights_fill_the_small_preset(tokenizer, vocab_dir):
     from safetensors.torch import load_file
 
-    from gdino.train.commands import build_model, load_text_weights
+    from gdino.train.build import build_model, load_text_weights
 
     cfg = load_config("smoke").model
     model = build_model(cfg)

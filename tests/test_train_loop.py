@@ -45,7 +45,7 @@ def one_thread():
 
 def synthetic_dataset(tmp_path: Path, tokenizer, num_images: int, overrides=(), seed: int = 3):
     """A generated dataset and its config, for trainers built in tests."""
-    from gdino.train.commands import build_datasets, synthetic_data
+    from gdino.train.build import build_datasets, synthetic_data
 
     cfg = load_config("smoke", [*BASE, f"data.synthetic={num_images}", "data.synthetic_val=0", *overrides])
     data = synthetic_data(cfg.data, tmp_path / "data", seed)
@@ -202,7 +202,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tokenizer):
 
 def test_missing_training_data_is_a_clear_error(tokenizer):
     from gdino.errors import GdinoError
-    from gdino.train.commands import build_datasets
+    from gdino.train.build import build_datasets
 
     with pytest.raises(GdinoError, match="no training data"):
         build_datasets(load_config("coco-finetune").data, tokenizer, 0)
