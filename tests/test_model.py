@@ -198,3 +198,24 @@ def test_swin_t_parameter_count():
     """The official swin-t model has 172,839,682 unique parameters (BERT pooler included)."""
     model = build_model(get_preset("swin-t"))
     assert model.num_parameters() == 172_839_682
+
+
+def test_calibrated_logits_are_an_affine_map_of_the_plain_ones(tiny_model):
+    """``calibrated_logits`` (for training from scratch): logits/sqrt(d) + bias, same queries and boxes."""
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_model.config, calibrated_logits=True)
+    model = build_model(cfg, tiny_model.tokenizer)
+    missing, unexpected = model.load_state_dict(tiny_model.state_dict(), strict=False)
+    assert missing == ["logit_bias"] and not unexpected
+    assert model.logit_bias.item() == pytest.approx(-math.log(99.0))
+    with torch.no_grad():
+        model.logit_bias.fill_(-2.0)
+        image, text = _image(8), tiny_model.tokenize(CAPTIONS[:1])
+        plain, calibrated = tiny_model(image, text), model.eval()(image, text)
+    torch.testing.assert_close(calibrated.boxes, plain.boxes, atol=1e-6, rtol=0)
+    valid = plain.text_mask[0]
+    scale = cfg.hidden_dim**-0.5
+    torch.testing.assert_close(calibrated.logits[0][:, valid], plain.logits[0][:, valid] * scale - 2.0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(calibrated.enc_logits[0][:, valid], plain.enc_logits[0][:, valid] * scale - 2.0, atol=1e-5, rtol=1e-5)
+    assert torch.isneginf(calibrated.logits[0][:, ~valid]).all()

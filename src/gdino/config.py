@@ -69,6 +69,9 @@ class GroundingDINOConfig:
     max_text_len: int = 256
     pe_temperature: float = 20.0
     inverse_sigmoid_eps: float = 1e-3
+    # training from scratch: token logits scaled by 1/sqrt(hidden_dim) plus a learned bias starting
+    # at the focal-loss prior (-log(99)); off for the released checkpoints (plain dot product)
+    calibrated_logits: bool = False
     fusion_init_gamma: float = 1e-4
     fusion_droppath: float = 0.1
     dropout: float = 0.0
@@ -150,6 +153,7 @@ PRESETS: dict[str, GroundingDINOConfig] = {
         dec_layers=3,
         nheads=8,
         dim_feedforward=512,
+        calibrated_logits=True,
         name="small-minilm",
     ),
 }

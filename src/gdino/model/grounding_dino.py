@@ -4,6 +4,8 @@ handled by the callers (``gdino.weights``, ``gdino.infer``)."""
 
 from __future__ import annotations
 
+import math
+
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -86,6 +88,8 @@ class GroundingDINO(nn.Module):
         self.input_proj = nn.ModuleList(projs)
         self.transformer = Transformer(cfg)
         self.bbox_embed = MLP(d, d, 4, 3)
+        if cfg.calibrated_logits:
+            self.logit_bias = nn.Parameter(torch.tensor(-math.log(99.0)))
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -196,6 +200,10 @@ class GroundingDINO(nn.Module):
         eps = cfg.inverse_sigmoid_eps
         layer_logits = [contrastive_logits(h, text_memory, text.token_mask, cfg.max_text_len) for h in hs]
         layer_boxes = [(self.bbox_embed(h) + inverse_sigmoid(r, eps)).sigmoid() for h, r in zip(hs, refs)]
+        if cfg.calibrated_logits:  # a monotone map: query selection's ranking is unchanged
+            scale = cfg.hidden_dim**-0.5
+            layer_logits = [t * scale + self.logit_bias for t in layer_logits]
+            enc_logits = enc_logits * scale + self.logit_bias
         dn_logits = dn_boxes = None
         if dn is not None:
             n = dn.num
