@@ -23,27 +23,12 @@ from torchvision import tv_tensors
 
 from gdino.data.prompts import swap_left_right
 from gdino.errors import GdinoError
+from gdino.infer.preprocess import resized_size  # the official rounding, shared with inference
 
 Span = tuple[int, int]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def resized_size(width: int, height: int, size: int, max_size: int | None = None) -> tuple[int, int]:
-    """``(new_width, new_height)``: shorter side ``size``, longer side capped at ``max_size``.
-
-    The official/DETR rounding: the shorter-side target becomes ``int(round(max_size * short /
-    long))`` when the cap binds, and the longer side is truncated.
-    """
-    short, long = min(width, height), max(width, height)
-    if max_size is not None and long / short * size > max_size:
-        size = int(round(max_size * short / long))
-    if width <= height:
-        new_w, new_h = size, int(size * height / width)
-    else:
-        new_h, new_w = size, int(size * width / height)
-    return max(new_w, 1), max(new_h, 1)
 
 
 @dataclass

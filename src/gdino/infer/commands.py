@@ -183,8 +183,14 @@ def run_detect(args) -> int:
             results[i] = dets
             bar.update(1)
 
+    return write_results(args, weights, built, classes, loaded, results, errors)
+
+
+def write_results(args, weights, built, classes, loaded, results, errors, extra: dict | None = None) -> int:
+    """The JSON document of ``gdino detect``/``gdino segment`` (stdout or ``--out``) and ``--draw``."""
     doc = {
         "weights": str(weights),
+        **(extra or {}),
         "mode": built.mode,
         "prompt": args.prompt if classes is None else None,
         "classes": list(built.class_names),

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from pathlib import Path
 
 from gdino.errors import InputImageError
 
@@ -43,7 +41,7 @@ def register(subparsers) -> None:
 
 
 def run_segment_command(args) -> int:
-    from gdino.infer.commands import _check_common, _draw_all, _load, _detector, parse_classes
+    from gdino.infer.commands import _check_common, _detector, _load, parse_classes, write_results
     from gdino.infer.detector import DecodeOptions
     from gdino.infer.images import load_image
     from gdino.infer.runtime import resolve_dtype
@@ -81,28 +79,6 @@ def run_segment_command(args) -> int:
             results[i] = dets
             bar.update(1)
 
-    doc = {
-        "weights": str(weights),
-        "segmenter": getattr(segmenter, "name", args.segmenter),
-        "segmenter_weights": args.segmenter_weights,
-        "mode": built.mode,
-        "prompt": args.prompt if classes is None else None,
-        "classes": list(built.class_names),
-        "box_threshold": args.box_threshold,
-        "text_threshold": args.text_threshold if classes is None else None,
-        "results": [r.to_dict() for r in results],
-        "errors": errors,
-    }
-    doc = {k: v for k, v in doc.items() if v is not None}
-    text = json.dumps(doc, indent=2, ensure_ascii=False)
-    if args.out:
-        from gdino.infer.label import atomic_write_text
-
-        atomic_write_text(Path(args.out), text + "\n")
-        logger.info("wrote %s", args.out)
-    else:
-        sys.stdout.write(text + "\n")
-    if args.draw:
-        _draw_all(loaded, results, Path(args.draw))
-    return 0
+    extra = {"segmenter": getattr(segmenter, "name", args.segmenter), "segmenter_weights": args.segmenter_weights}
+    return write_results(args, weights, built, classes, loaded, results, errors, extra)
 
