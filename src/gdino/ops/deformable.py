@@ -3,7 +3,7 @@
 ``multi_scale_deformable_sample`` is the pure sampling function (bilinear, zero padding, the
 pixel-centre convention of the original CUDA kernel). Two implementations compute it:
 ``"gather"`` (default) folds the attention weights into the four bilinear corner weights and does one
-weighted gather-sum over all levels with ``embedding_bag``, about 4x faster than ``"grid_sample"``
+weighted gather-sum over all levels with ``embedding_bag``, about 3x faster than ``"grid_sample"``
 (the official PyTorch fallback: one ``grid_sample`` per level, then stack, multiply and sum), which is
 kept as the reference. ``MultiScaleDeformableAttention`` is the module with the official parameter
 names (``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``).
