@@ -95,7 +95,7 @@ def test_masks_export_as_rle():
 
 
 def test_to_supervision():
-    sv = pytest.importorskip("supervision")
+    sv = pytest.importorskip("supervision", reason="optional export; supervision is in [dev]")
     out = make(n_masks=True).to_supervision()
     assert isinstance(out, sv.Detections) and len(out) == 4
     np.testing.assert_allclose(out.xyxy[2], [100, 100, 150, 140])

@@ -172,7 +172,6 @@ class FakeSegmenter:
 
 
 def test_segmenter_hook_adds_masks(folder, tmp_path, detector):
-    pytest.importorskip("gdino.segment.rle")
     from gdino.segment.rle import decode_mask
 
     shutil.rmtree(folder / "sub dir")

@@ -178,6 +178,15 @@ class Detector:
             self._prompt_cache.put(key, found)
         return found
 
+    def prompts_for(self, prompt_or_classes: Any, count: int, per_image: bool = False) -> list[Prompt]:
+        """``count`` prompts: the same one for every image, or (``per_image``) one given per image."""
+        if not per_image:
+            return [self.prompt(prompt_or_classes)] * count
+        if isinstance(prompt_or_classes, str) or len(prompt_or_classes) != count:
+            n = 1 if isinstance(prompt_or_classes, str) else len(prompt_or_classes)
+            raise PromptError(f"per_image=True needs one prompt per image: got {n} for {count} images")
+        return [self.prompt(p) for p in prompt_or_classes]
+
     def prepare(self, image: Any, name: str | None = None) -> PreparedImage:
         """Load and preprocess one image (thread-safe; usable from loader threads)."""
         if isinstance(image, PreparedImage):
@@ -202,13 +211,7 @@ class Detector:
         """Detect in every image; see :func:`detect` for the arguments."""
         opts = DecodeOptions(box_threshold, text_threshold, remove_combined, topk, nms, clip)
         items = as_image_list(images)
-        if per_image:
-            if isinstance(prompt_or_classes, str) or len(prompt_or_classes) != len(items):
-                n = 1 if isinstance(prompt_or_classes, str) else len(prompt_or_classes)
-                raise PromptError(f"per_image=True needs one prompt per image: got {n} for {len(items)} images")
-            prompts = [self.prompt(p) for p in prompt_or_classes]
-        else:
-            prompts = [self.prompt(prompt_or_classes)] * len(items)
+        prompts = self.prompts_for(prompt_or_classes, len(items), per_image)
         results: list[Detections | None] = [None] * len(items)
         for index, dets in self.run(((i, img, p) for i, (img, p) in enumerate(zip(items, prompts))), opts):
             results[index] = dets

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from gdino.errors import PromptError
 from gdino.infer.detections import Detections
 from gdino.infer.detector import DecodeOptions, Detector, as_image_list
 
@@ -59,13 +58,7 @@ def segment(
     detector = Detector(model, batch_size=batch_size, dtype=dtype, image_size=image_size, **kwargs)
     opts = DecodeOptions(box_threshold, text_threshold, remove_combined, topk, nms, clip)
     items = as_image_list(images)
-    if per_image:
-        if isinstance(prompt_or_classes, str) or len(prompt_or_classes) != len(items):
-            n = 1 if isinstance(prompt_or_classes, str) else len(prompt_or_classes)
-            raise PromptError(f"per_image=True needs one prompt per image: got {n} for {len(items)} images")
-        prompts = [detector.prompt(p) for p in prompt_or_classes]
-    else:
-        prompts = [detector.prompt(prompt_or_classes)] * len(items)
+    prompts = detector.prompts_for(prompt_or_classes, len(items), per_image)
     results: list[Detections | None] = [None] * len(items)
     for index, dets in run_segment(detector, segmenter, ((i, img, p) for i, (img, p) in enumerate(zip(items, prompts))), opts, multimask):
         results[index] = dets
