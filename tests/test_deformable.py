@@ -130,15 +130,38 @@ def test_module_four_coordinate_references_and_padding():
     torch.testing.assert_close(attn(query, ref_pts, value2, SHAPES, None, padding), out, atol=1e-12, rtol=0)
 
 
-def test_gradients_match_float64_reference():
+@pytest.mark.parametrize("method", ["gather", "grid_sample"])
+def test_gradients_match_float64_reference(method):
     value, loc, w = _inputs(seed=3, b=1, q=3)
     value, loc, w = (t.double().requires_grad_() for t in (value, loc, w))
-    out = multi_scale_deformable_sample(value, SHAPES, loc, w)
+    out = multi_scale_deformable_sample(value, SHAPES, loc, w, method=method)
     assert torch.autograd.gradcheck(
-        lambda v, ww: multi_scale_deformable_sample(v, SHAPES, loc.detach(), ww), (value, w), atol=1e-6
+        lambda v, ww: multi_scale_deformable_sample(v, SHAPES, loc.detach(), ww, method=method), (value, w), atol=1e-6
     )
     out.sum().backward()
     assert loc.grad is not None and torch.isfinite(loc.grad).all()
+
+
+def test_auto_gathers_for_inference_and_uses_grid_sample_for_training(monkeypatch):
+    import gdino.ops.deformable as deformable
+
+    calls = []
+    gather = deformable._gather_pixels
+    monkeypatch.setattr(deformable, "_gather_pixels", lambda *a: calls.append("gather") or gather(*a))
+    value, loc, w = _inputs(seed=5, b=1, q=4)
+    with torch.no_grad():
+        inference = multi_scale_deformable_sample(value, SHAPES, loc, w)
+    assert calls == ["gather"]
+    value.requires_grad_()
+    training = multi_scale_deformable_sample(value, SHAPES, loc, w)
+    assert calls == ["gather"]  # the gradient-recording call took the grid_sample path
+    torch.testing.assert_close(training.detach(), inference, atol=2e-6, rtol=1e-6)
+    grads = {}
+    for method in ("gather", "auto"):
+        v = value.detach().clone().requires_grad_()
+        multi_scale_deformable_sample(v, SHAPES, loc, w, method=method).square().sum().backward()
+        grads[method] = v.grad
+    torch.testing.assert_close(grads["auto"], grads["gather"], atol=1e-5, rtol=1e-5)
 
 
 def test_far_outside_and_nan_locations_contribute_nothing():
@@ -153,3 +176,24 @@ def test_shape_mismatch_is_reported():
     attn = MultiScaleDeformableAttention(16, n_levels=4, n_heads=2, n_points=2)
     with pytest.raises(ValueError, match="do not add up"):
         attn(torch.randn(1, 2, 16), torch.rand(1, 2, 4, 2), torch.randn(1, 10, 16), SHAPES)
+
+
+@pytest.mark.parametrize("coords", [2, 4])
+def test_module_gather_path_equals_grid_sample_path(coords):
+    """The module's gather path computes pixel coordinates in place from the offsets; it must give
+    the official (normalized locations, grid_sample) result, with and without padding."""
+    torch.manual_seed(7)
+    attn = MultiScaleDeformableAttention(32, n_levels=4, n_heads=4, n_points=2)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0, 0.3)
+    s = sum(h * w for h, w in SHAPES)
+    query, value = torch.randn(2, 9, 32), torch.randn(2, s, 32)
+    ref_pts = torch.rand(2, 9, 4, coords)
+    padding = torch.rand(2, s) < 0.2
+    outs = {}
+    for method in ("gather", "grid_sample"):
+        attn.method = method
+        with torch.no_grad():
+            outs[method] = attn(query, ref_pts, value, SHAPES, None, padding)
+    torch.testing.assert_close(outs["gather"], outs["grid_sample"], atol=1e-5, rtol=1e-5)

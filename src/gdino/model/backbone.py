@@ -9,12 +9,15 @@ official checkpoint (``backbone.0.*`` there, ``backbone.*`` in gdino). Window at
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from gdino.config import SwinConfig
+from gdino.model.feed_forward import residual_feed_forward
 from gdino.model.fusion import DropPath
 
 
@@ -33,14 +36,6 @@ def window_partition(x: Tensor, ws: int) -> Tensor:
     return x.reshape(-1, ws * ws, c)
 
 
-def window_reverse(windows: Tensor, ws: int, h: int, w: int) -> Tensor:
-    """Inverse of :func:`window_partition`."""
-    c = windows.shape[-1]
-    b = windows.shape[0] // ((h // ws) * (w // ws))
-    x = windows.view(b, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h, w, c)
-
-
 def shift_region_mask(hp: int, wp: int, ws: int, shift: int, device: torch.device) -> Tensor:
     """``[nW, ws*ws, ws*ws]`` additive mask (0 or -100) keeping shifted windows to their regions."""
     img = torch.zeros((1, hp, wp, 1), device=device)
@@ -52,6 +47,30 @@ def shift_region_mask(hp: int, wp: int, ws: int, shift: int, device: torch.devic
     windows = window_partition(img, ws).squeeze(-1)
     diff = windows[:, None, :] - windows[:, :, None]
     return torch.where(diff != 0, torch.tensor(-100.0, device=device), torch.tensor(0.0, device=device))
+
+
+class WindowIndex(NamedTuple):
+    """Token indices that turn an ``h x w`` grid into shifted windows and back (see :func:`window_index`)."""
+
+    source: Tensor  # [nW*ws*ws] grid token read by each window slot (0 where the slot is padding)
+    padding: Tensor  # window slots that are padding (zeroed after the gather)
+    slot: Tensor  # [h*w] window slot of each grid token (the inverse)
+
+
+def window_index(h: int, w: int, ws: int, shift: int, device: torch.device) -> WindowIndex:
+    """Indices that pad an ``h x w`` token grid to multiples of ``ws`` (zeros right/bottom), roll it
+    by ``-shift`` and partition it into windows, as the official pad, ``torch.roll`` and
+    ``window_partition`` do, computed by running those very steps on the grid of token numbers."""
+    grid = torch.arange(1, h * w + 1, device=device).view(1, h, w, 1)  # 0 will mark padding
+    grid = F.pad(grid, (0, 0, 0, (ws - w % ws) % ws, 0, (ws - h % ws) % ws))
+    if shift:
+        grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
+    order = window_partition(grid, ws).flatten()
+    real = order > 0
+    slots = torch.arange(order.numel(), device=device)
+    slot = torch.empty(h * w, dtype=torch.long, device=device)
+    slot[order[real] - 1] = slots[real]
+    return WindowIndex((order - 1).clamp_(min=0), slots[~real], slot)
 
 
 class WindowAttention(nn.Module):
@@ -105,23 +124,18 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, h: int, w: int, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, windows: WindowIndex) -> Tensor:
+        """x ``[B, h*w, C]``; ``windows`` the grid's :func:`window_index` for this block's shift."""
         b, _, c = x.shape
         ws = self.window_size
-        shortcut = x
-        x = self.norm1(x).view(b, h, w, c)
-        pad_r, pad_b = (ws - w % ws) % ws, (ws - h % ws) % ws
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
-        if self.shift:
-            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        windows = self.attn(window_partition(x, ws), mask if self.shift else None)
-        x = window_reverse(windows, ws, hp, wp)
-        if self.shift:
-            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x[:, :h, :w].reshape(b, h * w, c)
-        x = shortcut + self.drop_path(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        parts = self.norm1(x).index_select(1, windows.source)  # pad, shift and partition: one gather
+        if windows.padding.numel():
+            parts.index_fill_(1, windows.padding, 0.0)
+        parts = self.attn(parts.view(-1, ws * ws, c), mask if self.shift else None)
+        x = x + self.drop_path(parts.view(b, -1, c).index_select(1, windows.slot))
+        if self.training:
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        return residual_feed_forward(x, self.mlp.fc1, self.mlp.fc2, "gelu", pre_norm=self.norm2)
 
 
 class PatchMerging(nn.Module):
@@ -155,11 +169,12 @@ class SwinStage(nn.Module):
         ws = self.window_size
         hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
         mask = shift_region_mask(hp, wp, ws, self.shift, x.device) if len(self.blocks) > 1 else None
+        index = {shift: window_index(h, w, ws, shift, x.device) for shift in {b.shift for b in self.blocks}}
         for block in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, h, w, mask, use_reentrant=False)
+                x = checkpoint(block, x, mask, index[block.shift], use_reentrant=False)
             else:
-                x = block(x, h, w, mask)
+                x = block(x, mask, index[block.shift])
         down = self.downsample(x, h, w) if self.downsample is not None else None
         return x, down
 

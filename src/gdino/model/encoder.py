@@ -10,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gdino.config import GroundingDINOConfig
 from gdino.model.attention import MultiheadAttention
+from gdino.model.feed_forward import residual_feed_forward
 from gdino.model.fusion import BiAttentionBlock
 from gdino.model.position import text_position_embedding
 from gdino.ops.deformable import MultiScaleDeformableAttention
@@ -37,7 +38,7 @@ class DeformableEncoderLayer(nn.Module):
     ) -> Tensor:
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding)
         src = self.norm1(src + attn)
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return residual_feed_forward(src, self.linear1, self.linear2, "relu", post_norm=self.norm2)
 
 
 class TextEnhancerLayer(nn.Module):

@@ -77,8 +77,9 @@ def select_queries(
     scores = contrastive_logits(out_memory, text, token_mask, max_text_len).max(-1).values
     k = min(num_queries, scores.shape[1])
     topk = torch.topk(scores, k, dim=1).indices
-    coords = enc_out_bbox_embed(out_memory) + proposals.to(out_memory.dtype)
-    ref_undetached = torch.gather(coords, 1, topk[..., None].expand(-1, -1, 4))
+    # the box head is row-wise: run it on the K selected tokens only (the official runs it on all S)
     selected = torch.gather(out_memory, 1, topk[..., None].expand(-1, -1, out_memory.shape[-1]))
+    anchors = torch.gather(proposals, 1, topk[..., None].expand(-1, -1, 4)).to(out_memory.dtype)
+    ref_undetached = enc_out_bbox_embed(selected) + anchors
     enc_logits = contrastive_logits(selected, text, token_mask, max_text_len)
     return ref_undetached.detach(), enc_logits, ref_undetached.sigmoid()
