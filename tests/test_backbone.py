@@ -109,3 +109,23 @@ def test_checkpointing_gives_equal_gradients():
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("h,w,shift", [(14, 14, 0), (14, 14, 3), (9, 17, 3), (5, 3, 3), (20, 11, 0)])
+def test_window_index_equals_official_pad_roll_partition(h, w, shift):
+    """One gather with ``window_index`` = pad right/bottom, roll by -shift, partition (and back)."""
+    import torch.nn.functional as F
+
+    from gdino.model.backbone import window_index, window_partition
+
+    ws, c = 7, 5
+    x = torch.randn(2, h, w, c)
+    padded = F.pad(x, (0, 0, 0, (ws - w % ws) % ws, 0, (ws - h % ws) % ws))
+    rolled = torch.roll(padded, shifts=(-shift, -shift), dims=(1, 2)) if shift else padded
+    want = window_partition(rolled, ws)  # [B*nW, ws*ws, C]
+    index = window_index(h, w, ws, shift, x.device)
+    got = x.reshape(2, h * w, c).index_select(1, index.source)
+    got[:, index.padding] = 0
+    assert torch.equal(got.view(-1, ws * ws, c), want)
+    back = got.index_select(1, index.slot).view(2, h, w, c)
+    assert torch.equal(back, x)

@@ -72,13 +72,19 @@ def test_sampling_float64_is_exact(method):
     torch.testing.assert_close(got, kernel_reference(value, SHAPES, loc.double(), w.double()), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 4e-2)])
-def test_module_half_precision_close_to_fp32(dtype, tol):
-    torch.manual_seed(0)
+def _random_module(seed: int, std: float) -> MultiScaleDeformableAttention:
+    """A 32-wide module (4 levels, 4 heads, 2 points) with every parameter drawn from N(0, std)."""
+    torch.manual_seed(seed)
     attn = MultiScaleDeformableAttention(32, n_levels=4, n_heads=4, n_points=2)
     with torch.no_grad():
         for p in attn.parameters():
-            p.normal_(0, 0.2)
+            p.normal_(0, std)
+    return attn
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 4e-2)])
+def test_module_half_precision_close_to_fp32(dtype, tol):
+    attn = _random_module(seed=0, std=0.2)
     s = sum(h * w for h, w in SHAPES)
     query, value = torch.randn(2, 7, 32), torch.randn(2, s, 32)
     ref_pts = torch.rand(2, 7, 4, 2)
@@ -143,7 +149,7 @@ def test_gradients_match_float64_reference(method):
 
 
 def test_auto_gathers_for_inference_and_uses_grid_sample_for_training(monkeypatch):
-    import gdino.ops.deformable as deformable
+    from gdino.ops import deformable
 
     calls = []
     gather = deformable._gather_pixels
@@ -182,11 +188,7 @@ def test_shape_mismatch_is_reported():
 def test_module_gather_path_equals_grid_sample_path(coords):
     """The module's gather path computes pixel coordinates in place from the offsets; it must give
     the official (normalized locations, grid_sample) result, with and without padding."""
-    torch.manual_seed(7)
-    attn = MultiScaleDeformableAttention(32, n_levels=4, n_heads=4, n_points=2)
-    with torch.no_grad():
-        for p in attn.parameters():
-            p.normal_(0, 0.3)
+    attn = _random_module(seed=7, std=0.3)
     s = sum(h * w for h, w in SHAPES)
     query, value = torch.randn(2, 9, 32), torch.randn(2, s, 32)
     ref_pts = torch.rand(2, 9, 4, coords)

@@ -101,7 +101,9 @@ def test_param_groups_and_freezing():
     cfg = load_config("coco-finetune", ["optim.lr=1e-4"])
     apply_freezing(model, cfg.model)
     assert not model.bert["pooler"].weight.requires_grad  # never used by Grounding DINO
-    groups = {g["name"]: g for g in build_optimizer(model, cfg.optim).param_groups}
+    optimizer = build_optimizer(model, cfg.optim)
+    assert optimizer.defaults["fused"]  # the fused kernel on the CPU
+    groups = {g["name"]: g for g in optimizer.param_groups}
     assert groups["backbone"]["lr"] == pytest.approx(1e-5)
     assert groups["text"]["lr"] == pytest.approx(1e-5)
     assert groups["offsets"]["lr"] == pytest.approx(1e-5)

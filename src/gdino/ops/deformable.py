@@ -8,8 +8,9 @@ weighted gather-sum over all levels with ``embedding_bag``, about 3x faster than
 forward pass. Their backward passes rank the other way: ``embedding_bag``'s backward sorts every
 index, so forward plus backward takes about twice as long as ``grid_sample``'s (measured on the
 smoke-training shapes, 2 CPU threads: 88 ms vs 39 ms per call). ``"auto"`` (the default) therefore
-gathers when no gradient is recorded (inference) and uses ``grid_sample`` when one is (training). ``MultiScaleDeformableAttention`` is the module with the official parameter
-names (``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``).
+gathers when no gradient is recorded (inference) and uses ``grid_sample`` when one is (training).
+``MultiScaleDeformableAttention`` is the module with the official parameter names
+(``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``).
 
 Low precision: fp16/bf16 inputs are sampled in float32 on the CPU (where half-precision
 ``grid_sample`` is slow or unsupported) and cast back; on CUDA they are sampled natively. Under
@@ -99,7 +100,7 @@ def _gather_pixels(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor,
     b, _, heads, c = value.shape
     _, q, _, levels, points, _ = pixels.shape
     device = value.device
-    n, lp = b * q * heads, levels * points
+    lp = levels * points
     padded = [(h + 2 * _PAD) * (w + 2 * _PAD) for h, w in shapes]
     starts = [sum(padded[:lvl]) for lvl in range(levels)]
     total = sum(padded)
@@ -138,7 +139,7 @@ def _gather_pixels(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor,
         xy = xy.add_(_PAD) if inplace else xy + _PAD
         corner = xy.to(torch.int32)
         frac = xy.sub_(corner) if inplace else xy - corner
-        # the four corners as the outer axis of each bag: [n, 4, lp], inner runs of lp contiguous values
+        # the four corners as the outer axis of each bag: [bags, 4, lp], inner runs of lp contiguous values
         index = torch.empty(nq, 4, lp, device=device, dtype=torch.int32)
         position = corner[..., 1] * (width * heads)
         position.add_(corner[..., 0], alpha=heads)
