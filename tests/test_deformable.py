@@ -199,3 +199,18 @@ def test_module_gather_path_equals_grid_sample_path(coords):
         with torch.no_grad():
             outs[method] = attn(query, ref_pts, value, SHAPES, None, padding)
     torch.testing.assert_close(outs["gather"], outs["grid_sample"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_bags", [1, 7, 40])
+def test_gather_in_query_chunks_equals_one_pass(monkeypatch, chunk_bags):
+    """Large inputs are gathered in chunks of (batch x query x head) bags; every chunking (one
+    query per chunk, chunks that do not divide the queries) gives the one-pass result."""
+    from gdino.ops import deformable
+
+    value, loc, w = _inputs(seed=6, b=2, q=11)
+    with torch.no_grad():
+        whole = multi_scale_deformable_sample(value, SHAPES, loc, w, method="gather")
+        monkeypatch.setattr(deformable, "_CHUNK_BAGS", chunk_bags)
+        chunked = multi_scale_deformable_sample(value, SHAPES, loc, w, method="gather")
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(chunked.double(), kernel_reference(value, SHAPES, loc, w), atol=2e-6, rtol=1e-6)
