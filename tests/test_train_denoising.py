@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from gdino.data.targets import Target
@@ -17,15 +16,6 @@ from gdino.train.denoising import (
     noise_labels,
     num_groups,
 )
-
-
-@pytest.fixture
-def one_thread():
-    """Small tensors: one intra-op thread avoids pool wake-up costs that dominate on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _target(boxes, spans) -> Target:

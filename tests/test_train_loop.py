@@ -34,13 +34,7 @@ BASE = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, 2 threads make these tiny steps ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_dataset(tmp_path: Path, tokenizer, num_images: int, overrides=(), seed: int = 3):

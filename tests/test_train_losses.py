@@ -196,15 +196,6 @@ def test_weighted_total_and_normalization():
         assert amp[name].item() == pytest.approx(losses[name].item(), rel=1e-6)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids pool wake-up costs that dominate on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_gradients_flow_and_free_tensors_converge(one_thread):
     targets, mask = _targets(), _text_mask()
     gen = torch.Generator().manual_seed(0)

@@ -13,7 +13,9 @@ from torch import nn
 from gdino.errors import CheckpointError
 from gdino.train.checkpoint import capture_rng, find_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gdino.train.ema import ModelEMA
-from test_train_loop import make_trainer, one_thread, synthetic_dataset  # noqa: F401 (autouse fixture)
+from test_train_loop import make_trainer, synthetic_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_checkpoints_are_atomic_pruned_and_safe(tmp_path):

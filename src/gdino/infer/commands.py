@@ -149,14 +149,13 @@ def _detector(model, args, dtype):
 
 
 # ---------------------------------------------------------------------------------------- detect
-def run_detect(args) -> int:
+def read_images(paths: list[str], command: str) -> tuple[list, list[dict]]:
+    """Read every image before the model loads: ``(loaded, errors)``, a warning on stderr per
+    skipped file; a one-line error when none can be read."""
     from gdino.infer.images import load_image
 
-    _check_common(args)
-    classes = parse_classes(args.classes) if args.classes is not None else None
-    # Read every image first: bad files are reported before the model loads.
     loaded, errors = [], []
-    for path in args.images:
+    for path in paths:
         try:
             loaded.append(load_image(path))
         except InputImageError as e:
@@ -166,7 +165,14 @@ def run_detect(args) -> int:
             raise InputImageError(errors[0]["error"])
         raise InputImageError(f"none of the {len(errors)} images could be read (first: {errors[0]['error']})")
     for err in errors:
-        print(f"gdino detect: warning: skipping {err['error']}", file=sys.stderr)
+        print(f"gdino {command}: warning: skipping {err['error']}", file=sys.stderr)
+    return loaded, errors
+
+
+def run_detect(args) -> int:
+    _check_common(args)
+    classes = parse_classes(args.classes) if args.classes is not None else None
+    loaded, errors = read_images(args.images, "detect")
 
     model, weights, dtype = _load(args)
     detector = _detector(model, args, dtype)

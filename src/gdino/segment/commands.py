@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from gdino.errors import InputImageError
-
 logger = logging.getLogger("gdino.segment")
 
 
@@ -41,9 +39,8 @@ def register(subparsers) -> None:
 
 
 def run_segment_command(args) -> int:
-    from gdino.infer.commands import _check_common, _detector, _load, parse_classes, write_results
+    from gdino.infer.commands import _check_common, _detector, _load, parse_classes, read_images, write_results
     from gdino.infer.detector import DecodeOptions
-    from gdino.infer.images import load_image
     from gdino.infer.runtime import resolve_dtype
     from gdino.segment.build import build_segmenter, canonical_name
     from gdino.segment.pipeline import run_segment
@@ -52,17 +49,7 @@ def run_segment_command(args) -> int:
     canonical_name(args.segmenter)  # unknown name: fail before loading anything
     resolve_dtype(args.segmenter_dtype)
     classes = parse_classes(args.classes) if args.classes is not None else None
-    loaded, errors = [], []
-    for path in args.images:
-        try:
-            loaded.append(load_image(path))
-        except InputImageError as e:
-            errors.append({"image": path, "error": str(e)})
-            print(f"gdino segment: warning: skipping {e}", file=sys.stderr)
-    if not loaded:
-        if len(errors) == 1:
-            raise InputImageError(errors[0]["error"])
-        raise InputImageError(f"none of the {len(errors)} images could be read (first: {errors[0]['error']})")
+    loaded, errors = read_images(args.images, "segment")
 
     model, weights, dtype = _load(args)
     segmenter = build_segmenter(

@@ -53,6 +53,21 @@ def boxes_to_input_frame(xyxy: Tensor, original_size: tuple[int, int], input_siz
     return xyxy.to(torch.float32) * scale
 
 
+def image_for(image: Any, detections: Detections) -> np.ndarray:
+    """``image`` as an RGB array, checked to be the size ``detections`` were made for."""
+    arr = as_rgb_array(image)
+    h, w = arr.shape[:2]
+    if (w, h) != tuple(detections.image_size):
+        raise ValueError(f"image is {w}x{h} but the detections are for {detections.image_size[0]}x{detections.image_size[1]}")
+    return arr
+
+
+def with_no_masks(detections: Detections) -> Detections:
+    """Empty ``detections`` with their (empty) ``masks`` and ``mask_scores`` set."""
+    w, h = detections.image_size
+    return replace(detections, masks=torch.zeros(0, h, w, dtype=torch.bool), mask_scores=torch.zeros(0))
+
+
 def as_rgb_array(image: Any) -> np.ndarray:
     """An ``HxWx3`` uint8 RGB array from a numpy array, a PIL image or a ``LoadedImage``."""
     if hasattr(image, "image") and isinstance(image.image, Image.Image):  # gdino LoadedImage
@@ -186,12 +201,9 @@ class SamSegmenter:
         The detector's ``scores`` are kept as they are; SAM's predicted IoU goes to
         ``mask_scores``. No boxes: empty masks, and the image encoder is not run.
         """
-        arr = as_rgb_array(image)
-        h, w = arr.shape[:2]
-        if (w, h) != tuple(detections.image_size):
-            raise ValueError(f"image is {w}x{h} but the detections are for {detections.image_size[0]}x{detections.image_size[1]}")
+        arr = image_for(image, detections)
         if len(detections) == 0:
-            return replace(detections, masks=torch.zeros(0, h, w, dtype=torch.bool), mask_scores=torch.zeros(0))
+            return with_no_masks(detections)
         masks, scores = self.predict(self.embed(arr), detections.xyxy)
         return replace(detections, masks=masks, mask_scores=scores)
 

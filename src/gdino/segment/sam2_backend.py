@@ -18,7 +18,7 @@ from torch import Tensor
 
 from gdino.errors import GdinoError
 from gdino.infer.detections import Detections
-from gdino.segment.predictor import as_rgb_array
+from gdino.segment.predictor import as_rgb_array, image_for, with_no_masks
 
 #: gdino name -> the package's config file
 SAM2_CONFIGS = {
@@ -108,14 +108,11 @@ class Sam2Segmenter:
 
     def segment(self, image: Any, detections: Detections) -> Detections:
         """``detections`` with ``masks`` and ``mask_scores`` (SAM 2's predicted IoU) added."""
-        arr = as_rgb_array(image)
-        h, w = arr.shape[:2]
-        if (w, h) != tuple(detections.image_size):
-            raise ValueError(f"image is {w}x{h} but the detections are for {detections.image_size[0]}x{detections.image_size[1]}")
+        arr = image_for(image, detections)
         if len(detections) == 0:
-            return replace(detections, masks=torch.zeros(0, h, w, dtype=torch.bool), mask_scores=torch.zeros(0))
+            return with_no_masks(detections)
         self.embed(arr)
-        masks, scores = self.predict(detections.xyxy, (h, w))
+        masks, scores = self.predict(detections.xyxy, arr.shape[:2])
         return replace(detections, masks=masks, mask_scores=scores)
 
     def __repr__(self) -> str:

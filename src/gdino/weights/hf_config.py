@@ -8,6 +8,19 @@ from typing import Any
 from gdino.config import GroundingDINOConfig, SwinConfig, TextEncoderConfig
 from gdino.errors import CheckpointError
 
+#: transformers options that gdino implements in one way only: written as they are, and a config
+#: with another value is refused.
+FIXED_OPTIONS: dict[str, Any] = {
+    "two_stage": True,
+    "embedding_init_target": True,
+    "query_dim": 4,
+    "decoder_bbox_embed_share": True,
+    "two_stage_bbox_embed_share": False,
+    "position_embedding_type": "sine",
+    "activation_function": "relu",
+    "layer_norm_eps": 1e-5,
+}
+
 
 def config_from_hf(data: Mapping[str, Any], origin: str, with_pooler: bool = False) -> GroundingDINOConfig:
     """gdino config from a transformers ``GroundingDinoConfig`` dict (``config.json``).
@@ -28,17 +41,7 @@ def config_from_hf(data: Mapping[str, Any], origin: str, with_pooler: bool = Fal
         problems.append(f"backbone {bb.get('model_type')}")
     if tx.get("model_type", "bert") != "bert":
         problems.append(f"text encoder {tx.get('model_type')}")
-    checks = {
-        "two_stage": True,
-        "embedding_init_target": True,
-        "query_dim": 4,
-        "decoder_bbox_embed_share": True,
-        "two_stage_bbox_embed_share": False,
-        "position_embedding_type": "sine",
-        "activation_function": "relu",
-        "layer_norm_eps": 1e-5,
-    }
-    problems += [f"{k}={data[k]!r}" for k, v in checks.items() if k in data and data[k] != v]
+    problems += [f"{k}={data[k]!r}" for k, v in FIXED_OPTIONS.items() if k in data and data[k] != v]
     if bb.get("use_absolute_embeddings") or bb.get("qkv_bias", True) is not True:
         problems.append("Swin absolute embeddings / no qkv bias")
     for a, b in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
@@ -138,14 +141,7 @@ def config_to_hf(cfg: GroundingDINOConfig) -> dict[str, Any]:
         "positional_embedding_temperature": _number(cfg.pe_temperature),
         "fusion_droppath": cfg.fusion_droppath,
         "dropout": cfg.dropout,
-        "two_stage": True,
-        "embedding_init_target": True,
-        "query_dim": 4,
-        "decoder_bbox_embed_share": True,
-        "two_stage_bbox_embed_share": False,
-        "position_embedding_type": "sine",
-        "activation_function": "relu",
-        "layer_norm_eps": 1e-5,
+        **FIXED_OPTIONS,
         "gdino": {
             "name": cfg.name,
             "inverse_sigmoid_eps": cfg.inverse_sigmoid_eps,
