@@ -152,8 +152,9 @@ def main() -> None:
         report(f"{args.classes} classes = {len(chunks)} chunks", timed(chunked, reps), timed(naive_chunks, reps))
 
     # where the time goes, for one image
-    from gdino.infer.preprocess import PreprocessConfig, preprocess
     from PIL import Image
+
+    from gdino.core.preprocess import PreprocessConfig, preprocess
 
     pixels = preprocess(Image.fromarray(photo), PreprocessConfig(size, round(size * 1333 / 800)))[None]
     text = model.tokenize([prompt])

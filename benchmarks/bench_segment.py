@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 CPU_TIMES: dict[int, float] = {}
 
 
@@ -63,7 +62,7 @@ def _detector_model(args):
 
 def _segmenter(args):
     """The named segmenter; without ``--segmenter-weights``: random weights of that size."""
-    from gdino.infer.runtime import resolve_dtype
+    from gdino.core.runtime import resolve_dtype
     from gdino.segment.build import build_segmenter, canonical_name
 
     torch.manual_seed(0)

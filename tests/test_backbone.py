@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import randomize_
+
 from gdino.config import SwinConfig
 from gdino.model.backbone import SwinTransformer, relative_position_index, shift_region_mask
 

@@ -166,8 +166,8 @@ def test_bad_input_one_line_nonzero_exit(case, capsys, chelsea_jpg, bad_files, t
 def test_device_names(value, monkeypatch):
     import torch
 
+    from gdino.core.runtime import resolve_device
     from gdino.errors import GdinoError
-    from gdino.infer.runtime import resolve_device
 
     if value == "auto":
         assert resolve_device("auto").type in ("cpu", "cuda", "mps")

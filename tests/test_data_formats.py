@@ -112,7 +112,7 @@ def test_coco_errors(tmp_path, change, message):
 
 
 def test_unreadable_files(tmp_path):
-    with pytest.raises(GdinoError, match="does not exist"):
+    with pytest.raises(GdinoError, match="annotation file not found"):
         load_coco(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(GdinoError, match="not valid JSON"):

@@ -13,9 +13,8 @@ from gdino.eval.coco import score_coco
 
 
 @pytest.fixture
-def gdino_main(monkeypatch):
-    """``gdino.cli.main`` with only the eval commands registered (other modules may be in progress)."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("gdino.eval.commands",))
+def gdino_main():
+    """``gdino.cli.main``."""
     return cli.main
 
 

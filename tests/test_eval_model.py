@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from gdino.core.preprocess import PreprocessConfig, preprocess
 from gdino.errors import InputImageError
 from gdino.eval.annotations import load_coco_gt
 from gdino.eval.coco import score_coco
-from gdino.eval.evaluator import Evaluator, evaluate_coco, evaluate_lvis
+from gdino.eval.evaluator import EVAL_DETECT, Evaluator, evaluate_coco, evaluate_lvis
 from gdino.eval.predict import image_path, predict_dataset
 from gdino.infer.detector import Detector
-from gdino.infer.preprocess import PreprocessConfig, preprocess
 
 SIZE = 64  # shorter side the tests run at (fast)
 
@@ -84,8 +84,8 @@ def assert_same_predictions(got, ref):
 def test_predictions_follow_the_official_protocol(tiny_model, tmp_path):
     ann = write_dataset(tmp_path)
     gt = load_coco_gt(ann)
-    detector = Detector(tiny_model, image_size=SIZE)
-    got = predict_dataset(detector, gt, tmp_path / "img", topk=30, progress=False)
+    detector = Detector(tiny_model, EVAL_DETECT, image_size=SIZE, topk=30)
+    got = predict_dataset(detector, gt, tmp_path / "img", progress=False)
     ref = reference_predictions(tiny_model, gt, tmp_path / "img", detector.prompt(["cat", "remote control"]), 30)
     assert_same_predictions(got, ref)
     # unclipped, as the official post-processor: random boxes do leave the image
@@ -96,10 +96,10 @@ def test_chunked_prompt_encodes_each_image_once(tiny_model, tmp_path):
     names = [f"small red wooden object number {k}" for k in range(50)]  # ~8 tokens each: 2 chunks
     ann = write_dataset(tmp_path, names=names, sizes=((96, 64),))
     gt = load_coco_gt(ann)
-    detector = Detector(tiny_model, image_size=SIZE)
+    detector = Detector(tiny_model, EVAL_DETECT, image_size=SIZE, topk=40)
     prompt = detector.prompt(names)
     assert len(prompt.chunks) >= 2
-    got = predict_dataset(detector, gt, tmp_path / "img", topk=40, progress=False)
+    got = predict_dataset(detector, gt, tmp_path / "img", progress=False)
     assert detector.stats["image_encodes"] == 1
     assert detector.stats["forwards"] == len(prompt.chunks)
     assert_same_predictions(got, reference_predictions(tiny_model, gt, tmp_path / "img", prompt, 40))

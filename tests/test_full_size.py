@@ -13,7 +13,6 @@ import re
 
 import pytest
 import torch
-
 from conftest import randomize_
 
 pytestmark = pytest.mark.slow
@@ -41,8 +40,8 @@ def _hf_swin_t():
 
 
 def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
-    from gdino.infer.images import load_image
-    from gdino.infer.preprocess import PreprocessConfig, preprocess
+    from gdino.core.images import load_image
+    from gdino.core.preprocess import PreprocessConfig, preprocess
     from gdino.weights.load import load_model
 
     hf = _hf_swin_t()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gdino.infer.detections import Detections
+from gdino.core.detections import Detections
 from gdino.infer.draw import PALETTE, draw_detections, text_color
 
 

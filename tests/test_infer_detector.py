@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_infer_prompts import lvis_sized_classes
 
+from gdino.core.preprocess import PreprocessConfig, preprocess
 from gdino.errors import GdinoError, PromptError
 from gdino.infer.detector import Detector
-from gdino.infer.preprocess import PreprocessConfig, preprocess
 from gdino.ops.boxes import cxcywh_to_xyxy
 from gdino.text.captions import classes_to_caption
 from gdino.text.positive_map import char_spans_to_token_spans, positive_map
-from test_infer_prompts import lvis_sized_classes
 
 SIZE = 96
 
@@ -81,7 +81,7 @@ CLASSES = ["cat", "remote control", "dog", "sofa"]
 
 
 def test_one_chunk_matches_an_independent_reference(tiny_model, photos):
-    dets = tiny_model.detect(photos[0], CLASSES, box_threshold=0.3, image_size=SIZE)[0]
+    dets = Detector(tiny_model).detect(photos[0], CLASSES, box_threshold=0.3, image_size=SIZE)[0]
     boxes, scores, cls = reference_classes(tiny_model, photos[0], CLASSES, 0.3)
     assert len(dets) == len(boxes) > 0
     assert dets.labels == [CLASSES[i] for i in cls.tolist()]
@@ -131,25 +131,25 @@ def test_chunked_scores_equal_single_chunk_passes(tiny_model, tokenizer, photos)
 
 
 def test_batching_never_changes_a_result(tiny_model, photos, backbone_calls):
-    singles = [tiny_model.detect(p, CLASSES, box_threshold=0.3, image_size=SIZE)[0] for p in photos]
+    singles = [Detector(tiny_model).detect(p, CLASSES, box_threshold=0.3, image_size=SIZE)[0] for p in photos]
     assert backbone_calls.sizes == [1, 1, 1, 1]
     backbone_calls.sizes.clear()
-    batched = tiny_model.detect(photos, CLASSES, box_threshold=0.3, image_size=SIZE, batch_size=4)
+    batched = Detector(tiny_model).detect(photos, CLASSES, box_threshold=0.3, image_size=SIZE, batch_size=4)
     # the three equal-size images share one pass; the other size runs alone (never padded)
     assert sorted(backbone_calls.sizes) == [1, 3]
     assert_same(batched, singles)
-    phrase_single = [tiny_model.detect(p, "a cat . a sofa", image_size=SIZE)[0] for p in photos[:3]]
-    phrase_batched = tiny_model.detect(photos[:3], "a cat . a sofa", image_size=SIZE, batch_size=2)
+    phrase_single = [Detector(tiny_model).detect(p, "a cat . a sofa", image_size=SIZE)[0] for p in photos[:3]]
+    phrase_batched = Detector(tiny_model).detect(photos[:3], "a cat . a sofa", image_size=SIZE, batch_size=2)
     assert_same(phrase_batched, phrase_single)
 
 
 def test_per_image_prompts(tiny_model, photos):
     prompts = [["cat"], "a dog", ["sofa", "remote control"]]
-    dets = tiny_model.detect(photos[:3], prompts, per_image=True, image_size=SIZE, batch_size=3, box_threshold=0.2)
+    dets = Detector(tiny_model).detect(photos[:3], prompts, per_image=True, image_size=SIZE, batch_size=3, box_threshold=0.2)
     for d, p, img in zip(dets, prompts, photos):
-        assert_same([d], tiny_model.detect(img, p, image_size=SIZE, box_threshold=0.2))
+        assert_same([d], Detector(tiny_model).detect(img, p, image_size=SIZE, box_threshold=0.2))
     with pytest.raises(PromptError, match="one prompt per image"):
-        tiny_model.detect(photos[:3], prompts[:2], per_image=True)
+        Detector(tiny_model).detect(photos[:3], prompts[:2], per_image=True)
 
 
 def test_image_side_reused_for_several_prompts(tiny_model, photos, backbone_calls):
@@ -159,7 +159,7 @@ def test_image_side_reused_for_several_prompts(tiny_model, photos, backbone_call
     assert backbone_calls.sizes == [2]
     assert det.stats["image_encodes"] == 2 and det.stats["forwards"] == 3
     for j, p in enumerate(prompts):
-        assert_same([many[0][j], many[1][j]], tiny_model.detect(photos[:2], p, image_size=SIZE, box_threshold=0.25))
+        assert_same([many[0][j], many[1][j]], Detector(tiny_model).detect(photos[:2], p, image_size=SIZE, box_threshold=0.25))
 
 
 def test_image_cache_across_calls(tiny_model, photos, backbone_calls):
@@ -170,7 +170,7 @@ def test_image_cache_across_calls(tiny_model, photos, backbone_calls):
     assert backbone_calls.sizes == [1]
     assert det.stats["image_cache_hits"] == 2
     assert_same(a, c)
-    assert_same(b, tiny_model.detect(photos[0], "a remote control", image_size=SIZE))
+    assert_same(b, Detector(tiny_model).detect(photos[0], "a remote control", image_size=SIZE))
 
 
 def test_text_encoded_once_for_many_images(tiny_model, photos):
@@ -229,14 +229,14 @@ def test_low_precision_on_cpu_is_close_to_fp32(tiny_model, photos, dtype, box_to
 
 def test_bad_options(tiny_model, photos):
     with pytest.raises(GdinoError, match=r"box-threshold must be a number in \[0, 1\]"):
-        tiny_model.detect(photos[0], ["cat"], box_threshold=1.5)
+        Detector(tiny_model).detect(photos[0], ["cat"], box_threshold=1.5)
     with pytest.raises(GdinoError, match="text-threshold"):
-        tiny_model.detect(photos[0], "cat", text_threshold=-0.1)
-    with pytest.raises(GdinoError, match="batch size"):
-        tiny_model.detect(photos[0], "cat", batch_size=0)
+        Detector(tiny_model).detect(photos[0], "cat", text_threshold=-0.1)
+    with pytest.raises(GdinoError, match="batch-size must be a positive integer"):
+        Detector(tiny_model).detect(photos[0], "cat", batch_size=0)
     with pytest.raises(GdinoError, match="unknown dtype"):
-        tiny_model.detect(photos[0], "cat", dtype="int8")
+        Detector(tiny_model).detect(photos[0], "cat", dtype="int8")
     with pytest.raises(PromptError, match="names nothing"):
-        tiny_model.detect(photos[0], " ..!")
+        Detector(tiny_model).detect(photos[0], " ..!")
     with pytest.raises(GdinoError, match="no images"):
-        tiny_model.detect([], "cat")
+        Detector(tiny_model).detect([], "cat")

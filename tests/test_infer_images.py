@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from gdino.core.images import find_images, load_image
+from gdino.core.preprocess import PreprocessConfig, pad_batch, preprocess, resized_size
 from gdino.errors import InputImageError
-from gdino.infer.images import find_images, load_image
-from gdino.infer.preprocess import PreprocessConfig, pad_batch, preprocess, resized_size
 
 
 @pytest.fixture()

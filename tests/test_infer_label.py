@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from gdino.core.detections import Detections
 from gdino.errors import GdinoError, InputImageError
-from gdino.infer.detections import Detections
 from gdino.infer.detector import Detector
-from gdino.infer.label import STATE_DIR, Journal, atomic_write_text, label_folder
+from gdino.infer.options import DetectOptions
+from gdino.label.folder import STATE_DIR, Journal, atomic_write_text, label_folder
 
 CLASSES = ["cat", "remote control"]
 
@@ -52,7 +53,7 @@ def load_coco(out):
 
 def test_coco_and_yolo_output(folder, tmp_path, detector):
     out = tmp_path / "ds"
-    summary = label_folder(detector, folder, out, CLASSES, box_threshold=0.3, formats=["coco", "yolo"], progress=False)
+    summary = label_folder(detector, folder, out, CLASSES, options=DetectOptions(image_size=64, box_threshold=0.3), formats=["coco", "yolo"], progress=False)
     coco = load_coco(out)
     assert sorted(i["file_name"] for i in coco["images"]) == READABLE
     assert coco["categories"] == [{"id": 1, "name": "cat", "supercategory": "object"},
@@ -165,7 +166,7 @@ class FakeSegmenter:
 
 
 def test_segmenter_hook_adds_masks(folder, tmp_path, detector):
-    from gdino.segment.rle import decode_mask
+    from gdino.core.rle import decode_mask
 
     shutil.rmtree(folder / "sub dir")
     out = tmp_path / "ds"

@@ -15,7 +15,6 @@ import re
 
 import pytest
 import torch
-
 from conftest import randomize_
 
 transformers = pytest.importorskip("transformers")

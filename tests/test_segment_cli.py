@@ -16,7 +16,7 @@ from PIL import Image
 pytest.importorskip("segment_anything", reason="segment-anything (in [dev] / [sam])")
 
 from gdino.cli import main  # noqa: E402
-from gdino.segment.rle import decode_mask  # noqa: E402
+from gdino.core.rle import decode_mask  # noqa: E402
 from gdino.segment.sam_model import SAM_PRESETS, build_sam  # noqa: E402
 
 FAST = ["--device", "cpu", "--image-size", "128", "--box-threshold", "0.05"]

@@ -10,10 +10,9 @@ from PIL import Image
 
 pytest.importorskip("segment_anything", reason="segment-anything (in [dev] / [sam])")
 
-from gdino.infer.detector import detect  # noqa: E402
-from gdino.segment.pipeline import segment  # noqa: E402
+from gdino.core.rle import decode_mask  # noqa: E402
+from gdino.infer.detector import Detector  # noqa: E402
 from gdino.segment.predictor import SamSegmenter  # noqa: E402
-from gdino.segment.rle import decode_mask  # noqa: E402
 from gdino.segment.sam_model import SAM_PRESETS, build_sam  # noqa: E402
 
 FAST = {"image_size": 128, "box_threshold": 0.05}  # random weights: a low threshold finds boxes
@@ -43,11 +42,11 @@ def _counting(sam):
 def test_masks_for_every_box_scores_kept(tiny_model, sam, chelsea_jpg, photo):
     calls, hooks = _counting(sam)
     try:
-        out = segment(tiny_model, [chelsea_jpg, photo], CLASSES, SamSegmenter(sam), **FAST)
+        out = Detector(tiny_model).segment([chelsea_jpg, photo], CLASSES, SamSegmenter(sam), **FAST)
     finally:
         for h in hooks:
             h.remove()
-    plain = detect(tiny_model, [chelsea_jpg, photo], CLASSES, **FAST)
+    plain = Detector(tiny_model).detect([chelsea_jpg, photo], CLASSES, **FAST)
     h, w = photo.shape[:2]
     assert len(out) == 2
     for dets, ref in zip(out, plain):
@@ -63,7 +62,7 @@ def test_masks_for_every_box_scores_kept(tiny_model, sam, chelsea_jpg, photo):
 
 def test_no_boxes_is_an_empty_result(tiny_model, sam, chelsea_jpg):
     seg = SamSegmenter(sam)
-    out = segment(tiny_model, chelsea_jpg, CLASSES, seg, box_threshold=1.0, image_size=128)
+    out = Detector(tiny_model).segment(chelsea_jpg, CLASSES, seg, box_threshold=1.0, image_size=128)
     assert len(out[0]) == 0 and out[0].masks.shape == (0, 300, 451)
     assert seg.stats["image_encodes"] == 0
 
@@ -71,32 +70,30 @@ def test_no_boxes_is_an_empty_result(tiny_model, sam, chelsea_jpg):
 def test_bf16_detector_with_fp32_sam(tiny_model, sam, chelsea_jpg, photo):
     """Detector under bf16 autocast, SAM in float32: SAM sees exactly the boxes it was given."""
     seg = SamSegmenter(sam)
-    out = segment(tiny_model, chelsea_jpg, CLASSES, seg, dtype="bf16", **FAST)[0]
+    out = Detector(tiny_model).segment(chelsea_jpg, CLASSES, seg, dtype="bf16", **FAST)[0]
     assert seg.dtype == torch.float32 and len(out) > 0
     again = seg.segment(photo, out)  # SAM alone, outside any autocast
     assert torch.equal(again.masks, out.masks)
     torch.testing.assert_close(again.mask_scores, out.mask_scores, atol=0, rtol=0)
 
 
-def test_model_segment_delegates_and_multimask(tiny_model, sam, chelsea_jpg):
-    seg = SamSegmenter(sam)
-    a = tiny_model.segment(chelsea_jpg, CLASSES, seg, **FAST)[0]
-    b = segment(tiny_model, chelsea_jpg, CLASSES, seg, **FAST)[0]
+def test_segment_repeatable_and_multimask(tiny_model, sam, chelsea_jpg):
+    detector = Detector(tiny_model)
+    a = detector.segment(chelsea_jpg, CLASSES, SamSegmenter(sam), **FAST)[0]
+    b = Detector(tiny_model).segment(chelsea_jpg, CLASSES, SamSegmenter(sam), **FAST)[0]
     assert torch.equal(a.masks, b.masks)
-    multi = segment(tiny_model, chelsea_jpg, CLASSES, seg, multimask=True, **FAST)[0]
-    assert seg.multimask is False  # the per-call override is restored
+    multi = detector.segment(chelsea_jpg, CLASSES, SamSegmenter(sam, multimask=True), **FAST)[0]
     assert multi.mask_scores.shape == b.mask_scores.shape and not torch.equal(multi.mask_scores, b.mask_scores)
 
 
 def test_phrase_mode_and_per_image_prompts(tiny_model, sam, chelsea_jpg):
-    out = segment(
-        tiny_model, [chelsea_jpg, chelsea_jpg], ["a cat .", ["cat", "dog"]], SamSegmenter(sam), per_image=True, **FAST
+    out = Detector(tiny_model).segment([chelsea_jpg, chelsea_jpg], ["a cat .", ["cat", "dog"]], SamSegmenter(sam), per_image=True, **FAST
     )
     assert [d.masks.shape[1:] for d in out] == [(300, 451), (300, 451)]
 
 
 def test_json_and_coco_exports_have_rle_masks(tiny_model, sam, chelsea_jpg):
-    dets = segment(tiny_model, chelsea_jpg, CLASSES, SamSegmenter(sam), **FAST)[0]
+    dets = Detector(tiny_model).segment(chelsea_jpg, CLASSES, SamSegmenter(sam), **FAST)[0]
     doc = dets.to_dict()  # what gdino segment prints
     assert len(doc["detections"]) == len(dets)
     for i, d in enumerate(doc["detections"]):
@@ -113,7 +110,7 @@ def test_json_and_coco_exports_have_rle_masks(tiny_model, sam, chelsea_jpg):
 def test_drawing_overlays_translucent_masks(tiny_model, sam, chelsea_jpg, photo):
     from gdino.infer.draw import color_for, draw_detections
 
-    dets = segment(tiny_model, chelsea_jpg, CLASSES, SamSegmenter(sam), **FAST)[0][:1]
+    dets = Detector(tiny_model).segment(chelsea_jpg, CLASSES, SamSegmenter(sam), **FAST)[0][:1]
     mask = np.zeros((300, 451), bool)
     mask[100:200, 150:300] = True  # a known mask far from the box edges' tags
     dets.masks = torch.from_numpy(mask)[None]

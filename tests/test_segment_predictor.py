@@ -9,7 +9,7 @@ from conftest import randomize_
 
 pytest.importorskip("segment_anything", reason="segment-anything (in [dev] / [sam])")
 
-from gdino.infer.detections import Detections  # noqa: E402
+from gdino.core.detections import Detections  # noqa: E402
 from gdino.segment.predictor import SamSegmenter, boxes_to_input_frame, resized_shape  # noqa: E402
 from gdino.segment.sam_model import SAM_PRESETS, build_sam  # noqa: E402
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gdino.segment.rle import decode_mask, encode_mask, mask_to_runs, rle_area, runs_to_mask, string_to_runs
+from gdino.core.rle import decode_mask, encode_mask, mask_to_runs, rle_area, runs_to_mask, string_to_runs
 
 mask_api = pytest.importorskip("pycocotools.mask", reason="pycocotools (in [dev])")
 

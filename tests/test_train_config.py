@@ -148,7 +148,7 @@ def test_cosine_schedule_from_config():
 def test_cli_parses_config_overrides_and_resume():
     import argparse
 
-    from gdino.train.commands import register
+    from gdino.cli.train import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -171,7 +171,7 @@ def test_minilm_text_weights_fill_the_small_preset(tokenizer, vocab_dir):
         assert torch.equal(model.bert.state_dict()[key], ref[key])
     assert model.tokenizer("a cat .")["input_ids"] == [101, 1037, 4937, 1012, 102]
     tiny = build_model(load_config("smoke", ["model.preset=tiny", "model.text_weights=null"]).model)
-    with pytest.raises(GdinoError, match="do not fit the model's text encoder"):
+    with pytest.raises(GdinoError, match="weights do not match the text encoder"):
         load_text_weights(tiny.bert, "minilm")
 
 
@@ -188,7 +188,7 @@ def test_gdino_train_cli_end_to_end(tmp_path):
     args = [
         sys.executable, "-m", "gdino", "train", "smoke", "model.preset=tiny", "model.text_weights=null",
         "data.synthetic=2", "data.synthetic_val=1", "data.synthetic_size=64", "data.image_size=64",
-        "data.batch_size=1", "data.num_workers=0", "schedule.epochs=1", "progress=false", "--output-dir", str(run),
+        "data.batch_size=1", "data.num_workers=0", "schedule.epochs=1", "progress=false", "--out", str(run),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)

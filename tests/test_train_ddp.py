@@ -50,8 +50,9 @@ def test_two_process_gloo_job_keeps_ranks_in_sync(tmp_path, vocab_dir, tokenizer
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert len(set(r0["seen"]) | set(r1["seen"])) == 4, (r0["seen"], r1["seen"])  # disjoint shards
-    from gdino.model.grounding_dino import build_model
     from test_train_loop import MICRO
+
+    from gdino.model.grounding_dino import build_model
 
     torch.manual_seed(0)
     init = build_model(MICRO, tokenizer).state_dict()

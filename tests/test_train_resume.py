@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train_loop import make_trainer, synthetic_dataset
 from torch import nn
 
 from gdino.errors import CheckpointError
 from gdino.train.checkpoint import capture_rng, find_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from gdino.train.ema import ModelEMA
-from test_train_loop import make_trainer, synthetic_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

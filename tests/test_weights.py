@@ -234,8 +234,8 @@ def test_strict_mapping_errors(official_pth, tmp_path, vocab_dir, edit, needles)
 
 
 def test_gdino_file_is_strict_too(tiny_model, tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     path = tmp_path / "m.safetensors"
     save_model(tiny_model, path)
@@ -414,7 +414,7 @@ def test_hub_name_offline_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "nothing"))
     with pytest.raises(CheckpointError) as err:
         load_model("grounding-dino-base")
-    _one_line(err, "IDEA-Research/grounding-dino-base", str(tmp_path / "nothing"), "huggingface-cli download")
+    _one_line(err, "IDEA-Research/grounding-dino-base", str(tmp_path / "nothing"), "hf download IDEA-Research/grounding-dino-base")
 
 
 @pytest.mark.parametrize("fmt", ["official", "hf"])

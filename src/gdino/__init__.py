@@ -3,8 +3,11 @@
 Public API::
 
     import gdino
-    model = gdino.load_model("grounding-dino-tiny", device="cpu")
-    dets = model.detect("cat.jpg", ["cat", "remote control"])
+    detector = gdino.Detector.from_pretrained("grounding-dino-tiny", device="cpu")
+    dets = detector.detect("cat.jpg", ["cat", "remote control"], box_threshold=0.3)
+
+    model = gdino.load_model("grounding-dino-tiny")      # the nn.Module: tensors in, tensors out
+    out = model(pixel_values, model.tokenize(["cat . remote control ."]))
 
 Attributes are imported lazily so that ``import gdino`` and ``gdino --help`` stay fast.
 """
@@ -24,7 +27,9 @@ _EXPORTS = {
     "GroundingDINOOutput": "gdino.model.features",
     "GroundingDINOConfig": "gdino.config",
     "get_preset": "gdino.config",
-    "Detections": "gdino.infer.detections",
+    "Detector": "gdino.infer.detector",
+    "DetectOptions": "gdino.infer.options",
+    "Detections": "gdino.core.detections",
     "GdinoError": "gdino.errors",
 }
 

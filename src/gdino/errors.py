@@ -19,3 +19,9 @@ class InputImageError(GdinoError):
 
 class PromptError(GdinoError):
     """A prompt or class list that names nothing the model can look for."""
+
+
+def first_line(error: BaseException) -> str:
+    """``"TypeName: first line of the message"``: how a foreign exception is quoted in a one-line error."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

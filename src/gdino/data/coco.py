@@ -10,14 +10,13 @@ dropped, and both counted in one warning.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
-from pathlib import Path
 
 import torch
 
+from gdino.core.files import read_json
 from gdino.data.records import Annotations, BoxReport, ImageRecord, sanitize_boxes
 from gdino.errors import GdinoError, PromptError
 from gdino.text.captions import clean_class_name
@@ -25,22 +24,10 @@ from gdino.text.captions import clean_class_name
 logger = logging.getLogger(__name__)
 
 
-def read_json(path: str | os.PathLike) -> object:
-    """Parse a JSON file; a missing or malformed file raises a one-line :class:`GdinoError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise GdinoError(f"annotation file {p} does not exist")
-    try:
-        with p.open("r", encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GdinoError(f"{p} is not valid JSON: {e}") from e
-
-
 def load_coco(ann_file: str | os.PathLike) -> Annotations:
     """Read a COCO detection file into records (xyxy pixel boxes, class indices)."""
     source = str(ann_file)
-    data = read_json(ann_file)
+    data = read_json(ann_file, "annotation file")
     if not isinstance(data, dict):
         raise GdinoError(f"{source}: expected a JSON object with 'images', 'annotations', 'categories'")
     for key in ("images", "categories"):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from gdino.data.coco import read_json
+from gdino.core.files import read_json
 from gdino.data.prompts import normalize_caption_spans
 from gdino.data.records import Annotations, BoxReport, ImageRecord, Span, sanitize_boxes
 from gdino.errors import GdinoError, PromptError

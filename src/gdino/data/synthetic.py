@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from gdino.core.files import atomic_write_text, write_json
 from gdino.errors import GdinoError
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -318,17 +319,11 @@ def _odvg_grounding(items: list[dict], names: list[str], size: int) -> list[dict
 
 
 def _write_json(path: Path, data) -> str:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
-    return str(path)
+    return str(write_json(path, data, indent=None))
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> str:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
-    return str(path)
+    return str(atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows)))
 
 
 def _csv(text: str) -> tuple[str, ...]:

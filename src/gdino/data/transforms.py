@@ -21,9 +21,9 @@ import torchvision.transforms.v2.functional as F
 from torch import Tensor
 from torchvision import tv_tensors
 
+from gdino.core.preprocess import resized_size  # the official rounding, shared with inference
 from gdino.data.prompts import swap_left_right
 from gdino.errors import GdinoError
-from gdino.infer.preprocess import resized_size  # the official rounding, shared with inference
 
 Span = tuple[int, int]
 

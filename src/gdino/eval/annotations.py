@@ -15,28 +15,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from gdino.core.files import read_json
 from gdino.errors import GdinoError
-
-
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Parse a JSON file; a missing or broken file is a one-line :class:`GdinoError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise GdinoError(f"{p}: {what} not found")
-    try:
-        with p.open("r", encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise GdinoError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GdinoError(f"{p}: cannot read {what} ({e})") from None
 
 
 def quiet_coco(dataset: Mapping) -> Any:

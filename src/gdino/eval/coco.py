@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gdino.errors import GdinoError
-from gdino.eval.annotations import load_coco_gt, load_detections
+from gdino.eval.annotations import load_coco_gt, load_detections, quiet_coco
 
 logger = logging.getLogger("gdino.eval")
 
@@ -109,7 +109,7 @@ def run_cocoeval(
     else:
         from pycocotools.cocoeval import COCOeval as CocoEval
 
-        from gdino.eval.annotations import quiet_coco as make
+        make = quiet_coco
     if evaluator is not None:
         CocoEval = evaluator
     gt = make(gt_dataset)

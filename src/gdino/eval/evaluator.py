@@ -14,47 +14,59 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from gdino.errors import GdinoError
+from gdino.eval.annotations import load_coco_gt
 from gdino.eval.coco import BACKENDS, DetectionMetrics, score_coco
+from gdino.eval.lvis import check_lvis_fields, score_lvis
+from gdino.eval.odinw import load_listing, summarize_odinw
+from gdino.eval.predict import predict_dataset
+from gdino.eval.refcoco import evaluate_refs
 from gdino.eval.report import plot_class_pr_curves, plot_pr_curves, write_json
+from gdino.infer.detector import Detector
+from gdino.infer.options import DetectOptions
 
 logger = logging.getLogger("gdino.eval")
 
 
+#: how the official evaluation runs the detector: no box threshold, the best 300 (query, class)
+#: pairs per image, boxes not clipped
+EVAL_DETECT = DetectOptions(box_threshold=0.0, topk=300, clip=False)
+
+
 @dataclass(frozen=True)
 class EvalOptions:
-    """How the model is run during evaluation.
+    """How a model is evaluated.
 
     Attributes:
-        topk: (query, class) pairs kept per image (official: 300).
-        batch_size: images per forward pass (equal-size images only; results do not change).
-        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
-        image_size: shorter side (default: the official 800, longer side <= 1333).
+        detect: the detection options (batch size, dtype, image size, ``topk``...); default
+            :data:`EVAL_DETECT`, the official protocol.
         backend: COCO scorer, ``"pycocotools"`` or ``"faster-coco-eval"``.
         progress: show tqdm progress bars.
         max_images: evaluate only the first N images (ascending id); None: all.
     """
 
-    topk: int = 300
-    batch_size: int = 1
-    dtype: str = "fp32"
-    image_size: int | None = None
+    detect: DetectOptions = EVAL_DETECT
     backend: str = "pycocotools"
     progress: bool = True
     max_images: int | None = None
 
     def __post_init__(self) -> None:
-        from gdino.errors import GdinoError
-
-        if not isinstance(self.topk, int) or self.topk < 1:
-            raise GdinoError(f"topk must be a positive int, got {self.topk!r}")
         if self.max_images is not None and (not isinstance(self.max_images, int) or self.max_images < 1):
             raise GdinoError(f"max_images must be a positive int, got {self.max_images!r}")
         if self.backend not in BACKENDS:
             raise GdinoError(f"unknown COCO backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+
+    @classmethod
+    def build(cls, **kwargs: Any) -> EvalOptions:
+        """Keyword arguments of :class:`EvalOptions` and of :class:`DetectOptions`, mixed."""
+        detect_names = {f.name for f in fields(DetectOptions)}
+        detect = {k: kwargs.pop(k) for k in list(kwargs) if k in detect_names}
+        base = kwargs.pop("detect", EVAL_DETECT)
+        return cls(detect=replace(base, **detect), **kwargs)
 
 
 class Evaluator:
@@ -62,21 +74,16 @@ class Evaluator:
 
     def __init__(self, model, options: EvalOptions | None = None, **kwargs: Any) -> None:
         self.model = model
-        self.options = options if options is not None else EvalOptions(**kwargs)
+        self.options = options if options is not None else EvalOptions.build(**kwargs)
         #: the :class:`DetectionMetrics` of the last COCO/LVIS call (curves included)
         self.last_metrics: DetectionMetrics | None = None
 
-    def detector(self):
-        from gdino.infer.detector import Detector
-
-        o = self.options
-        return Detector(self.model, batch_size=o.batch_size, dtype=o.dtype, image_size=o.image_size)
+    def detector(self) -> Detector:
+        return Detector(self.model, self.options.detect)
 
     # ------------------------------------------------------------------ datasets
     def coco(self, annotations, images_dir, *, out_dir: str | os.PathLike | None = None, desc: str = "coco") -> dict[str, Any]:
         """COCO box AP (official Grounding DINO protocol) on a COCO-format dataset."""
-        from gdino.eval.annotations import load_coco_gt
-
         gt = load_coco_gt(annotations)
         ids = self._image_ids(gt)
         dets = self._predict(gt, images_dir, ids, _label(annotations), desc)
@@ -87,9 +94,6 @@ class Evaluator:
         self, annotations, images_dir, *, topk_per_class: int | None = 10_000, out_dir: str | os.PathLike | None = None
     ) -> dict[str, Any]:
         """LVIS Fixed AP (federated rules; per-class top-k over the dataset) with chunked prompts."""
-        from gdino.eval.annotations import load_coco_gt
-        from gdino.eval.lvis import check_lvis_fields, score_lvis
-
         gt = load_coco_gt(annotations)
         check_lvis_fields(gt)
         ids = self._image_ids(gt)
@@ -99,8 +103,6 @@ class Evaluator:
 
     def odinw(self, listing, *, out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
         """AP of every dataset of an ODinW listing, with the mean and median."""
-        from gdino.eval.odinw import load_listing, summarize_odinw
-
         entries = load_listing(listing)
         per_dataset: dict[str, dict[str, Any]] = {}
         for k, entry in enumerate(entries):
@@ -117,8 +119,6 @@ class Evaluator:
         self, annotations, images_dir, *, split: str | None = None, out_dir: str | os.PathLike | None = None
     ) -> dict[str, Any]:
         """Top-1 accuracy at IoU 0.5 of referring expressions (see :mod:`gdino.eval.refcoco`)."""
-        from gdino.eval.refcoco import evaluate_refs
-
         res = evaluate_refs(self.detector(), annotations, images_dir, split=split, progress=self.options.progress,
                             max_images=self.options.max_images)
         if out_dir is not None:
@@ -132,10 +132,8 @@ class Evaluator:
         return ids if self.options.max_images is None else ids[: self.options.max_images]
 
     def _predict(self, gt, images_dir, ids, label: str, desc: str) -> list[dict]:
-        from gdino.eval.predict import predict_dataset
-
         return predict_dataset(
-            self.detector(), gt, images_dir, topk=self.options.topk, image_ids=ids,
+            self.detector(), gt, images_dir, image_ids=ids,
             progress=self.options.progress, label=label, desc=desc,
         )
 
@@ -159,7 +157,7 @@ def write_outputs(metrics: DetectionMetrics, dets: list[dict], out_dir: str | os
 
 
 def evaluate_coco(model, dataset_json, images_dir, *, out_dir: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
-    """COCO box AP of ``model`` on a COCO-format dataset; ``options`` as :class:`EvalOptions`.
+    """COCO box AP of ``model`` on a COCO-format dataset; ``options`` as :meth:`EvalOptions.build`.
 
     Returns:
         ``{"AP", "AP50", ..., "per_class": {name: AP}, "num_images", "num_detections"}``.

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gdino.errors import GdinoError
+from gdino.eval.report import percent
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,4 @@ def summarize_odinw(per_dataset: Mapping[str, float]) -> dict[str, float]:
 
 def odinw_table_rows(results: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     """Rows ``name, AP, AP50`` in percent for :func:`gdino.eval.report.format_table`."""
-    from gdino.eval.report import percent
-
     return [[name, percent(r.get("AP")), percent(r.get("AP50"))] for name, r in results.items()]

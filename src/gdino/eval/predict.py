@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from gdino.errors import InputImageError
 from gdino.eval.annotations import category_names
 
@@ -55,7 +57,6 @@ def predict_dataset(
     gt,
     images_dir: str | os.PathLike,
     *,
-    topk: int = 300,
     image_ids: Sequence[int] | None = None,
     progress: bool = True,
     label: str = "annotations",
@@ -64,34 +65,29 @@ def predict_dataset(
     """Detections for every image of ``gt`` (a ``COCO``) as COCO results (full-precision floats).
 
     Args:
-        detector: a :class:`gdino.infer.detector.Detector` (carries batch size, dtype, image size).
+        detector: a :class:`gdino.infer.detector.Detector`; its options apply (the official
+            protocol is :data:`gdino.eval.evaluator.EVAL_DETECT`: ``topk=300``, no threshold).
         images_dir: the folder the images' ``file_name`` are relative to.
-        topk: (query, class) pairs kept per image.
         image_ids: a subset of images (default: all, ascending id).
 
     Raises:
         InputImageError: a missing or unreadable image (checked for all images before running).
     """
-    from tqdm import tqdm
-
-    from gdino.infer.detector import DecodeOptions
-
     ids = sorted(gt.getImgIds()) if image_ids is None else list(image_ids)
     paths = {i: image_path(images_dir, gt.imgs[i], label) for i in ids}
     cat_ids, names = category_names(gt)
     prompt = detector.prompt(names)
     logger.info("%d images, %d categories in %d prompt pass(es)", len(ids), len(names), len(prompt.chunks))
-    opts = DecodeOptions(box_threshold=0.0, topk=int(topk), clip=False)
     results: list[dict[str, Any]] = []
     with tqdm(total=len(ids), unit="img", desc=desc, disable=not progress or None, file=sys.stderr) as bar:
-        for image_id, dets in detector.run(((i, str(paths[i]), prompt) for i in ids), opts):
+        for image_id, dets in detector.run((i, str(paths[i]), prompt) for i in ids):
             results.extend(detections_to_results(dets, image_id, cat_ids))
             bar.update(1)
     return results
 
 
 def detections_to_results(dets, image_id: int, category_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """A :class:`gdino.infer.detections.Detections` -> COCO result dicts (``xywh``, unrounded)."""
+    """A :class:`gdino.core.detections.Detections` -> COCO result dicts (``xywh``, unrounded)."""
     out = []
     boxes = dets.xyxy.tolist()
     for (x0, y0, x1, y1), score, cid in zip(boxes, dets.scores.tolist(), dets.class_ids.tolist()):

@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from gdino.core.files import read_json
 from gdino.errors import GdinoError, PromptError
-from gdino.eval.annotations import check_box, read_json
+from gdino.eval.annotations import check_box
+from gdino.eval.predict import image_path
 from gdino.ops.boxes import box_iou
 
 logger = logging.getLogger("gdino.eval")
@@ -117,10 +120,6 @@ def predict_refs(
     detector, samples: Sequence[RefSample], images: dict, images_dir, *, progress: bool = True, label: str = "refs"
 ) -> list[tuple[float, float, float, float] | None]:
     """Top-1 box (xyxy pixels, unclipped) per sample; each image is encoded once for its refs."""
-    from tqdm import tqdm
-
-    from gdino.eval.predict import image_path
-
     by_image: dict[int, list[int]] = defaultdict(list)
     for k, s in enumerate(samples):
         by_image[s.image_id].append(k)
@@ -137,7 +136,7 @@ def predict_refs(
                 except PromptError as e:  # empty or too long: a miss, not a failed run
                     logger.warning("ref %s: expression %r counts as a miss: %s", samples[k].ref_id, samples[k].expression, e)
             if prompts:
-                found = detector.detect_prompts(str(paths[image_id]), prompts, 0.0, topk=1, clip=False)[0]
+                found = detector.detect_prompts(str(paths[image_id]), prompts, box_threshold=0.0, topk=1, clip=False)[0]
                 for k, dets in zip(kept, found):
                     if len(dets):
                         out[k] = tuple(float(v) for v in dets.xyxy[0].tolist())  # type: ignore[assignment]

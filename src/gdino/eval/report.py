@@ -6,7 +6,6 @@ with -1 (or null per class) where nothing was measured.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gdino.core import files
 
 
 def percent(value: float | None) -> str:
@@ -57,12 +58,7 @@ def per_class_table(per_class: Mapping[str, float | None], limit: int | None = N
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON (NaN becomes null), creating the folder; atomic."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return files.write_json(path, _clean(data))
 
 
 def plot_pr_curves(

@@ -158,7 +158,8 @@ def decode_phrases(
     Segment rule: a query's peak token picks the phrase it lies in, or the phrase it closes
     when it is a "." (the official ``bisect_left`` rule). When the peak is on [CLS], [SEP] or an
     empty phrase (where the official code yields an empty or wrapped-around label), the phrase of
-    the highest *word* token is used instead.
+    the highest *word* token is used instead. A query with no token above ``text_threshold``
+    (the official code labels it ``""``) is labeled with that whole phrase.
     """
     ids = input_ids.tolist() if isinstance(input_ids, Tensor) else [int(i) for i in input_ids]
     probs = token_probs(logits)
@@ -185,6 +186,9 @@ def decode_phrases(
                 inside[start:end] = True
             passing &= inside
         tokens = [ids[t] for t in passing.nonzero().flatten().tolist()]
+        if not tokens and seg >= 0:  # no token over text_threshold: the query's best phrase, whole
+            start, end = segments[seg]
+            tokens = [ids[t] for t in range(start, end) if word[t]]
         labels.append(_clean_label(tokenizer.decode(tokens)) if tokens else "")
         phrase_ids.append(seg)
     return PhraseSelection(

@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from gdino.infer.detections import Detections
+from gdino.core.detections import Detections
 
 #: Distinct colors (Okabe-Ito and Tableau-like hues), readable on photos.
 PALETTE = (

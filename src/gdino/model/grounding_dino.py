@@ -1,18 +1,18 @@
 """Grounding DINO: composition of the backbone, text encoder, feature enhancer, query selection,
 decoder and heads. ``forward`` takes tensors and returns tensors; files, strings and devices are
-handled by the callers (``gdino.weights``, ``gdino.infer``)."""
+handled by the callers (``gdino.weights``; ``gdino.Detector`` is the predictor that detects and segments)."""
 
 from __future__ import annotations
 
 import math
-
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from gdino.config import GroundingDINOConfig
+from gdino.errors import CheckpointError
 from gdino.model.backbone import SwinTransformer
 from gdino.model.decoder import Decoder, DenoisingQueries
 from gdino.model.encoder import Encoder
@@ -22,9 +22,7 @@ from gdino.model.position import image_position_embedding
 from gdino.model.query_selection import select_queries
 from gdino.model.text_encoder import build_bert, run_bert
 from gdino.ops.boxes import inverse_sigmoid
-
-if TYPE_CHECKING:
-    from gdino.text.tokenize import TokenizedText
+from gdino.text.tokenize import TokenizedText, tokenize
 
 
 def valid_ratios(padding: Tensor) -> Tensor:
@@ -116,11 +114,7 @@ class GroundingDINO(nn.Module):
     # ------------------------------------------------------------------ text side
     def tokenize(self, captions: list[str] | str) -> TokenizedText:
         """Tokenize captions (already normalized) into tensors on the model's device."""
-        from gdino.text.tokenize import tokenize
-
         if self.tokenizer is None:
-            from gdino.errors import CheckpointError
-
             raise CheckpointError("this model has no tokenizer attached; load it with gdino.load_model")
         if isinstance(captions, str):
             captions = [captions]
@@ -228,19 +222,6 @@ class GroundingDINO(nn.Module):
     ) -> GroundingDINOOutput:
         """Raw contract: ``.logits`` [B,Q,256] (-inf at padding columns), ``.boxes`` [B,Q,4] cxcywh."""
         return self.forward_features(self.encode_image(pixel_values, pixel_mask), self.encode_text(text), dn)
-
-    # ------------------------------------------------------------------ products
-    def detect(self, images: Any, prompt_or_classes: Any, box_threshold: float = 0.35, text_threshold: float = 0.25, **kwargs: Any) -> list:
-        """Detect what a prompt (or a class list) names; see :func:`gdino.infer.detector.detect`."""
-        from gdino.infer.detector import detect
-
-        return detect(self, images, prompt_or_classes, box_threshold=box_threshold, text_threshold=text_threshold, **kwargs)
-
-    def segment(self, images: Any, prompt_or_classes: Any, segmenter: Any, **kwargs: Any) -> list:
-        """Grounded-SAM: detect, then mask every box; see :func:`gdino.segment.pipeline.segment`."""
-        from gdino.segment.pipeline import segment
-
-        return segment(self, images, prompt_or_classes, segmenter, **kwargs)
 
     # ------------------------------------------------------------------ conveniences
     @property

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from gdino.infer.detections import Detections
+from gdino.core.detections import Detections
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gdino.core.detections import Detections
 from gdino.errors import GdinoError
-from gdino.infer.detections import Detections
 from gdino.segment.predictor import as_rgb_array, image_for, with_no_masks
 
 #: gdino name -> the package's config file

@@ -15,16 +15,17 @@ from pathlib import Path
 
 import torch
 
-from gdino.errors import CheckpointError
+from gdino.errors import CheckpointError, first_line
+from gdino.weights.hub import fetch
+from gdino.weights.strict import load_state_dict_strict
 
 
 @dataclass(frozen=True)
 class HubFile:
-    """Where released weights live: a Hugging Face repo file and the original download URL."""
+    """Where released weights live: a Hugging Face repository file."""
 
     repo_id: str
     filename: str
-    url: str
 
 
 def resolve_weights(name: str, weights: str | os.PathLike | None, hub: HubFile | None) -> Path | None:
@@ -36,8 +37,8 @@ def resolve_weights(name: str, weights: str | os.PathLike | None, hub: HubFile |
     Returns:
         A path, or None when ``name`` has no released weights and none were given (random init).
     Raises:
-        CheckpointError: the file is missing, or the released weights are neither in the cache
-            nor downloadable (offline): the message says where to put them.
+        CheckpointError: the file is missing, or the released weights are not cached while
+            offline, or their download failed (:func:`gdino.weights.hub.fetch` says which).
     """
     if weights is not None:
         path = Path(weights).expanduser()
@@ -46,26 +47,7 @@ def resolve_weights(name: str, weights: str | os.PathLike | None, hub: HubFile |
         return path
     if hub is None:
         return None
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:  # pragma: no cover - a core dependency
-        hf_hub_download = None
-    if hf_hub_download is not None:
-        try:
-            return Path(hf_hub_download(hub.repo_id, hub.filename, local_files_only=True))
-        except Exception:  # not cached (the hub client raises several kinds)
-            pass
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        if not offline:
-            try:
-                return Path(hf_hub_download(hub.repo_id, hub.filename))
-            except Exception:  # no network, repo moved, ...: fall through to the message
-                pass
-    raise CheckpointError(
-        f"{name} weights are not in the Hugging Face cache and could not be downloaded; download "
-        f"{hub.url} (or huggingface-cli download {hub.repo_id} {hub.filename}) and pass its path "
-        "with --segmenter-weights PATH"
-    )
+    return fetch(hub.repo_id, hub.filename, what=f"{name} weights", hint="or pass a local file with --segmenter-weights PATH")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -75,12 +57,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error types for bad headers
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+            raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot be read as plain weights ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: cannot be read as plain weights ({first_line(e)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -90,23 +72,4 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
     """Copy ``state`` into ``module``; any missing, unexpected or mis-shaped key is an error."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: {list(state[k].shape)} in the file, {list(own[k].shape)} in {name})")
-        raise CheckpointError(f"{path}: weights do not match {name}: " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
+    load_state_dict_strict(module, state, source=str(path), what=name)

@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from gdino.errors import CheckpointError
+from gdino.errors import CheckpointError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _from_folder(folder: Path):
         except Exception as e:  # noqa: BLE001 - transformers/tokenizers raise many types here
             if not vocab.is_file():
                 raise CheckpointError(
-                    f"cannot load a tokenizer from {folder}: {type(e).__name__}: {_first_line(e)}"
+                    f"cannot load a tokenizer from {folder}: {first_line(e)}"
                 ) from e
             logger.warning(
                 "tokenizer files in %s did not load (%s); using its vocab.txt", folder, e
@@ -110,7 +110,7 @@ def _from_vocab_file(vocab: Path):
         return BertTokenizerFast(**{key: str(vocab)}, do_lower_case=True)
     except Exception as e:  # noqa: BLE001 - the Rust backend raises plain Exception
         raise CheckpointError(
-            f"cannot read vocabulary {vocab}: {type(e).__name__}: {_first_line(e)}"
+            f"cannot read vocabulary {vocab}: {first_line(e)}"
         ) from e
 
 
@@ -133,8 +133,3 @@ def _check_vocab(tok, path: Path) -> None:
             SPECIAL_TOKENS,
             BERT_SPECIAL_IDS,
         )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""

@@ -16,6 +16,7 @@ from torch import distributed as dist
 from gdino.errors import GdinoError
 from gdino.train.config import DataSection, ModelSection, TrainConfig
 from gdino.train.trainer import DistInfo, LoopState, Trainer, close_writer, init_distributed, seed_everything
+from gdino.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +41,11 @@ def load_text_weights(bert: torch.nn.Module, source: str) -> int:
     if not file.is_file():
         raise GdinoError(f"text encoder weights: {file} not found")
     state = {k.removeprefix("bert."): v for k, v in load_file(str(file)).items()}
+    # a Hugging Face BertModel file may also hold its pooler (unused by Grounding DINO when the
+    # config has none) and the position-id buffer (recomputed): the only keys allowed to be left over
+    leftovers = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
+    load_state_dict_strict(bert, state, source=str(file), what="the text encoder", allow_unexpected=leftovers)
     own = bert.state_dict()
-    missing = sorted(k for k in own if k not in state)
-    wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
-    if missing or wrong:
-        what = ", ".join(missing[:3] + [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3]])
-        raise GdinoError(f"text encoder weights {file} do not fit the model's text encoder ({what})")
-    bert.load_state_dict({k: state[k] for k in own})
     return len(own)
 
 
@@ -109,13 +108,14 @@ def coco_validator(gt: str, images_dir: str, image_size: int, batch_size: int = 
     def validate(model: torch.nn.Module) -> dict[str, float]:
         from gdino.eval.annotations import load_coco_gt
         from gdino.eval.coco import score_coco
+        from gdino.eval.evaluator import EVAL_DETECT
         from gdino.eval.predict import predict_dataset
         from gdino.infer.detector import Detector
 
         coco = load_coco_gt(gt)
         ids = sorted(coco.getImgIds())
         ids = ids[:max_images] if max_images > 0 else ids
-        detector = Detector(model, batch_size=batch_size, image_size=image_size)
+        detector = Detector(model, EVAL_DETECT, batch_size=batch_size, image_size=image_size)
         results = predict_dataset(detector, coco, images_dir, image_ids=ids, progress=False)
         metrics = score_coco(coco, results, image_ids=ids)
         return {k: float(metrics[k]) for k in ("AP", "AP50", "AP75")}

@@ -18,8 +18,11 @@ from typing import Any
 from torch import Tensor
 
 from gdino.config import GroundingDINOConfig
-from gdino.errors import CheckpointError
-from gdino.weights.strict import Route, rename
+from gdino.core.files import atomic_path, write_json
+from gdino.errors import CheckpointError, first_line
+from gdino.weights.hf_config import PREPROCESSOR, config_to_hf
+from gdino.weights.official import read_pth, relative_position_indices
+from gdino.weights.strict import Route, contiguous, rename
 
 SWIN = "model.backbone.conv_encoder.model"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -165,8 +168,6 @@ def allowed_leftover(key: str) -> bool:
 
 def relative_position_buffers(config: GroundingDINOConfig) -> dict[str, Tensor]:
     """Swin's index buffers under transformers 4.x names (4.x expects them in the file; 5.x ignores them)."""
-    from gdino.weights.official import relative_position_indices
-
     out = {}
     for key, value in relative_position_indices(config).items():
         s, b = re.fullmatch(r"backbone\.0\.layers\.(\d+)\.blocks\.(\d+)\..*", key).groups()
@@ -216,7 +217,6 @@ def read_folder(folder: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str,
         for shard in shards:
             state.update(read_safetensors(root / shard))
     elif weights.suffix == ".bin":
-        from gdino.weights.official import read_pth
 
         state, _ = read_pth(weights)
     else:
@@ -232,7 +232,7 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError / OSError
-        raise CheckpointError(f"cannot read {path} (truncated or not a safetensors file): {_first_line(e)}") from None
+        raise CheckpointError(f"cannot read {path} (truncated or not a safetensors file): {first_line(e)}") from None
 
 
 def write_folder(state: Mapping[str, Tensor], config: GroundingDINOConfig, folder: str | os.PathLike, tokenizer: Any = None) -> None:
@@ -243,34 +243,14 @@ def write_folder(state: Mapping[str, Tensor], config: GroundingDINOConfig, folde
     """
     from safetensors.torch import save_file
 
-    from gdino.weights.strict import contiguous
-
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".model.safetensors.tmp-{os.getpid()}"
-    try:
-        tensors = contiguous(state)
-        tensors.update(relative_position_buffers(config))
+    tensors = contiguous(state)
+    tensors.update(relative_position_buffers(config))
+    with atomic_path(root / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, root / "model.safetensors")
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    from gdino.weights.hf_config import PREPROCESSOR, config_to_hf
 
-    _write_json(root / "config.json", config_to_hf(config))
-    _write_json(root / "preprocessor_config.json", PREPROCESSOR)
+    write_json(root / "config.json", config_to_hf(config), sort_keys=True)
+    write_json(root / "preprocessor_config.json", PREPROCESSOR, sort_keys=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(root))
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-

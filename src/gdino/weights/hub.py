@@ -1,8 +1,10 @@
-"""Released weights by name, through the Hugging Face Hub cache.
+"""Released weights by name, through the Hugging Face Hub cache: the one resolver every loader uses.
 
-``grounding-dino-tiny`` / ``grounding-dino-base`` are IDEA-Research's HF-layout repositories. The
-local cache is tried first; a download happens only when the files are not cached and the hub is
-reachable (``HF_HUB_OFFLINE`` unset). Offline, the error says which repository to fetch and where.
+``grounding-dino-tiny`` / ``grounding-dino-base`` are IDEA-Research's HF-layout repositories;
+segmenters and tokenizers name single files. The local cache is tried first; a download happens
+only when the files are not cached and the hub is reachable (``HF_HUB_OFFLINE`` unset). The errors
+tell the two failures apart: "not cached and offline" says what to fetch, with the download
+command of the installed ``huggingface_hub``; "download failed" names the reason.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gdino.errors import CheckpointError
+import huggingface_hub
+from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+from gdino.errors import CheckpointError, first_line
 
 #: gdino name -> Hugging Face repository
 MODELS = {
@@ -35,35 +41,54 @@ def cache_dir() -> str | None:
 
 
 def offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set to a true value."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def download_command(repo: str, filename: str | None = None) -> str:
+    """The shell command that fetches ``repo`` (or one file of it) with the installed huggingface_hub:
+    ``hf download`` since 0.34, ``huggingface-cli download`` before."""
+    major, minor = (int(p) for p in huggingface_hub.__version__.split(".")[:2])
+    tool = "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
+    return f"{tool} download {repo}" + (f" {filename}" if filename else "")
+
+
 def resolve(name: str) -> Path:
-    """Local folder of the released model ``name`` (downloading it when allowed and needed).
+    """Local folder of the released model ``name`` (downloading it when allowed and needed)."""
+    repo = MODELS.get(name, name)
+    return fetch(repo, what=name, hint="or download the repository folder and pass its path")
+
+
+def fetch(repo: str, filename: str | None = None, *, what: str, hint: str) -> Path:
+    """A cached snapshot of ``repo`` (or its file ``filename``), downloaded when allowed and needed.
+
+    Args:
+        what: what is being looked for, for the message (``"grounding-dino-tiny"``, ``"sam-vit-b weights"``).
+        hint: how else to provide it (``"pass its path with --segmenter-weights PATH"``).
 
     Raises:
-        CheckpointError: not cached and offline (or the download failed): says what to fetch and where.
+        CheckpointError: not cached while offline (what to run, and where it goes), or the download
+            failed (and why).
     """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    repo = MODELS.get(name, name)
     cache = cache_dir()
-    try:
-        return Path(snapshot_download(repo, cache_dir=cache, allow_patterns=PATTERNS, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        pass
     where = cache or "the default Hugging Face cache (~/.cache/huggingface/hub; set HF_HUB_CACHE to change)"
+    target = f"{repo}/{filename}" if filename else repo
+
+    def get(local_only: bool) -> Path:
+        if filename is None:
+            return Path(snapshot_download(repo, cache_dir=cache, allow_patterns=PATTERNS, local_files_only=local_only))
+        return Path(hf_hub_download(repo, filename, cache_dir=cache, local_files_only=local_only))
+
+    try:
+        return get(local_only=True)
+    except LocalEntryNotFoundError:
+        pass  # not cached: download below, when allowed
     if offline():
         raise CheckpointError(
-            f"{name}: {repo} is not in {where} and HF_HUB_OFFLINE is set; when online run "
-            f"`huggingface-cli download {repo}` (same cache), or download the repository folder and pass its path"
+            f"{what}: {target} is not in {where} and HF_HUB_OFFLINE is set; when online run "
+            f"`{download_command(repo, filename)}` (same cache), {hint}"
         )
     try:
-        return Path(snapshot_download(repo, cache_dir=cache, allow_patterns=PATTERNS))
-    except Exception as e:  # noqa: BLE001 - network/hub errors come in many types
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{name}: could not download {repo} into {where} ({text}); download the repository folder "
-            "yourself and pass its path"
-        ) from None
+        return get(local_only=False)
+    except Exception as e:  # noqa: BLE001 - network, auth, disk and hub errors come in many types
+        raise CheckpointError(f"{what}: downloading {target} into {where} failed ({first_line(e)}); {hint}") from None

@@ -27,8 +27,11 @@ import torch
 from torch import Tensor
 
 from gdino.config import PRESETS, GroundingDINOConfig, get_preset
+from gdino.core.runtime import resolve_device, resolve_dtype
 from gdino.errors import CheckpointError, GdinoError
+from gdino.model.backbone import relative_position_index
 from gdino.model.grounding_dino import GroundingDINO
+from gdino.text.tokenizer import default_tokenizer_dir, load_tokenizer
 from gdino.weights import hf, hub, native, official
 from gdino.weights.hf_config import config_from_hf
 from gdino.weights.strict import Route, gather, scatter
@@ -76,8 +79,6 @@ def load_model(
         CheckpointError: missing, unreadable or unsafe file, wrong architecture, keys that do not
             fit, or no tokenizer to be found.
     """
-    from gdino.infer.runtime import resolve_device, resolve_dtype
-
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     ckpt = read_checkpoint(weights, config)
@@ -86,7 +87,7 @@ def load_model(
         raise CheckpointError(
             f"no tokenizer for {ckpt.origin}: put bert-base-uncased's vocab.txt (or tokenizer.json) beside the "
             "weights or in a bert-base-uncased/ folder there, pass tokenizer=PATH, or cache it with "
-            "`huggingface-cli download bert-base-uncased vocab.txt`"
+            f"`{hub.download_command('bert-base-uncased', 'vocab.txt')}`"
         )
     model = model_from_checkpoint(ckpt)
     model.tokenizer = tok
@@ -256,8 +257,6 @@ def model_from_checkpoint(ckpt: Checkpoint) -> GroundingDINO:
 
 def find_tokenizer(ckpt: Checkpoint, tokenizer: Any) -> Any:
     """The tokenizer for ``ckpt``: given, embedded, beside the weights, or cached; None if none."""
-    from gdino.text.tokenizer import default_tokenizer_dir, load_tokenizer
-
     if tokenizer is not None:
         return load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
     if ckpt.vocab:
@@ -285,8 +284,6 @@ def _empty_model(cfg: GroundingDINOConfig) -> GroundingDINO:
     overwritten by the checkpoint and the known buffers are recomputed here. An unknown buffer
     falls back to a normal (slow) build.
     """
-    from gdino.model.backbone import relative_position_index
-
     with torch.device("meta"):
         model = GroundingDINO(cfg)
     fills: list[tuple[torch.nn.Module, str, Tensor]] = []

@@ -13,8 +13,12 @@ from typing import Any
 
 from torch import Tensor
 
+from gdino import __version__
 from gdino.config import GroundingDINOConfig
-from gdino.errors import CheckpointError, GdinoError
+from gdino.core.files import atomic_path
+from gdino.errors import CheckpointError, GdinoError, first_line
+from gdino.text.tokenizer import load_tokenizer
+from gdino.weights.strict import contiguous
 
 logger = logging.getLogger(__name__)
 
@@ -27,22 +31,13 @@ def write(state: Mapping[str, Tensor], config: GroundingDINOConfig, path: str | 
     """Save tensors + config (+ the tokenizer's WordPiece vocabulary, when it has one) to ``path``."""
     from safetensors.torch import save_file
 
-    from gdino import __version__
-    from gdino.weights.strict import contiguous
-
     p = Path(path)
     metadata = {"format": "pt", "gdino_format": FORMAT, "gdino_version": __version__, _CONFIG: json.dumps(config.to_dict())}
     vocab = vocab_text(tokenizer) if tokenizer is not None else None
     if vocab is not None:
         metadata[_VOCAB] = vocab
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(p) as tmp:
         save_file(contiguous(state), str(tmp), metadata=metadata)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Tensor], GroundingDINOConfig, str | None]:
@@ -61,7 +56,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Tensor], GroundingDINOConfi
             metadata = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - safetensors raises SafetensorError / OSError
-        raise CheckpointError(f"cannot read {p} (truncated or not a safetensors file): {_first_line(e)}") from None
+        raise CheckpointError(f"cannot read {p} (truncated or not a safetensors file): {first_line(e)}") from None
     if _CONFIG not in metadata:
         raise CheckpointError(
             f"{p} is a safetensors file without a gdino config in its metadata; pass a Hugging Face model "
@@ -89,8 +84,6 @@ def vocab_text(tokenizer: Any) -> str | None:
 
 def tokenizer_from_vocab(text: str, origin: str) -> Any:
     """A fast lower-casing BERT tokenizer from embedded ``vocab.txt`` text."""
-    from gdino.text.tokenizer import load_tokenizer
-
     with tempfile.TemporaryDirectory(prefix="gdino-vocab-") as tmp:
         vocab = Path(tmp) / "vocab.txt"
         vocab.write_text(text, encoding="utf-8")
@@ -98,8 +91,3 @@ def tokenizer_from_vocab(text: str, origin: str) -> Any:
             return load_tokenizer(vocab)
         except GdinoError as e:
             raise CheckpointError(f"{origin}: embedded vocabulary unusable: {e}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from gdino.config import GroundingDINOConfig
-from gdino.errors import CheckpointError
+from gdino.core.files import atomic_path
+from gdino.errors import CheckpointError, first_line
 from gdino.weights.strict import Route, rename
 
 #: source keys known to be unused: the training-time DN label embedding, persisted BERT buffers,
@@ -48,7 +49,7 @@ def read_pth(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]
         with _safe_globals():
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
-        text = _first_line(e)
+        text = first_line(e)
         if "weights only" in text.lower() or "weights_only" in text.lower():
             found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(e))
             what = f"it references {found.group(1)}" if found else "possibly code"
@@ -136,13 +137,8 @@ def write_pth(state: Mapping[str, Tensor], config: GroundingDINOConfig, path: st
     p = Path(path)
     model = dict(state)
     model.update(relative_position_indices(config))
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(p) as tmp:
         torch.save({"model": model, "config": config.to_dict()}, tmp)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _safe_globals():
@@ -156,8 +152,3 @@ def _safe_globals():
 
 def _strip_module(key: str) -> str:
     return key[len("module."):] if key.startswith("module.") else key
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"

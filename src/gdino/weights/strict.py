@@ -127,3 +127,42 @@ def describe(missing: Iterable[str], unexpected: Iterable[str], mismatched: Iter
 def contiguous(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Tensors that own their memory (safetensors refuses views and shared storage)."""
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def load_state_dict_strict(
+    module: torch.nn.Module,
+    state: Mapping[str, Tensor],
+    *,
+    source: str = "the checkpoint",
+    what: str | None = None,
+    allow_missing: Iterable[str] = (),
+    allow_unexpected: Iterable[str] = (),
+) -> None:
+    """Copy ``state`` into ``module``: every key of each side used, every shape equal.
+
+    The one strict loader of gdino (the detector's formats go through :func:`gather` first;
+    segmenters and text encoders call this directly).
+
+    Args:
+        source: the file, for the message.
+        what: the model, for the message (default: the module's class name).
+        allow_missing: keys the module has and the file may lack (they keep the module's values).
+        allow_unexpected: keys the file may hold and the module lacks (ignored): each caller
+            documents its list next to the call.
+
+    Raises:
+        CheckpointError: one line naming the missing, unexpected and mis-shaped keys.
+    """
+    own = module.state_dict()
+    allowed_missing, allowed_unexpected = set(allow_missing), set(allow_unexpected)
+    missing = sorted(k for k in own if k not in state and k not in allowed_missing)
+    unexpected = sorted(k for k in state if k not in own and k not in allowed_unexpected)
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs expected {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        name = what or type(module).__name__
+        raise CheckpointError(f"{source}: weights do not match {name}: " + describe(missing, unexpected, mismatched))
+    module.load_state_dict({k: state[k] if k in state else own[k] for k in own}, strict=True)

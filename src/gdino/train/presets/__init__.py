@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-
 from gdino.errors import GdinoError
 from gdino.train.config import (
     CheckpointSection,

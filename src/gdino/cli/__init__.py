@@ -1,29 +1,23 @@
 """``gdino <command>``: argument parsing and error reporting only.
 
-Each sub-package registers its commands through a ``register(subparsers)`` function in its
-``commands.py``; handlers are short and import their heavy dependencies lazily so that
-``gdino --help`` stays fast. A :class:`gdino.errors.GdinoError` (or a missing file, or an
+Each module of this package registers one command through ``register(subparsers)``; handlers
+are short and import their heavy dependencies lazily so that ``gdino --help`` stays fast. A :class:`gdino.errors.GdinoError` (or a missing file, or an
 interrupted job) ends the process with a one-line message and a non-zero exit code.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
+from gdino.cli import convert, detect, label, segment, train
+from gdino.cli import eval as evaluate
 from gdino.errors import GdinoError
 
-#: modules whose ``register(subparsers)`` adds commands, in help order
-COMMAND_MODULES = (
-    "gdino.infer.commands",
-    "gdino.segment.commands",
-    "gdino.eval.commands",
-    "gdino.train.commands",
-    "gdino.weights.commands",
-)
+#: modules whose ``register(subparsers)`` adds a command, in help order
+COMMANDS = (detect, label, segment, evaluate, train, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMANDS:
+        module.register(sub)
     return parser
 
 

@@ -13,12 +13,12 @@ def _run(args: argparse.Namespace) -> int:
     if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
         overrides.insert(0, resume)  # "--resume a.b=c": the override is not a checkpoint path
         resume = True
-    from gdino.train.build import train
+    from gdino.train.build import train  # lazy: keeps gdino --help fast
     from gdino.train.config import load_config
 
     cfg = load_config(args.config, overrides)
     if args.output_dir:
-        from dataclasses import replace
+        from dataclasses import replace  # lazy: keeps gdino --help fast
 
         cfg = replace(cfg, output_dir=args.output_dir)
     state = train(cfg, resume=resume)
@@ -41,5 +41,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=5e-5 data.batch_size=2")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue from the run folder's latest checkpoint (or from CHECKPOINT)")
-    p.add_argument("--output-dir", help="run folder (overrides output_dir)")
+    p.add_argument("--out", dest="output_dir", metavar="DIR", help="run folder: checkpoints, logs, weights (overrides output_dir)")
     p.set_defaults(func=_run)

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gdino.core.rle import encode_mask
+from gdino.errors import GdinoError
+
 
 @dataclass
 class Detections:
@@ -241,7 +244,6 @@ class Detections:
         try:
             import supervision as sv
         except ImportError as e:
-            from gdino.errors import GdinoError
 
             raise GdinoError("to_supervision() needs the supervision package: pip install supervision") from e
         import numpy as np
@@ -261,6 +263,5 @@ class Detections:
 
 
 def _rle(mask: Tensor) -> dict[str, Any]:
-    from gdino.segment.rle import encode_mask
 
     return encode_mask(mask.numpy() if isinstance(mask, Tensor) else mask)

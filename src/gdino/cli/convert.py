@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from gdino.weights.load import convert
+    from gdino.weights.load import convert  # lazy: keeps gdino --help fast
 
     fmt = convert(args.src, args.dst, args.fmt, args.config)
     print(f"wrote {args.dst} ({fmt})")

@@ -63,6 +63,11 @@ def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype:
     return dtype
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name (``fp32``, ``fp16``, ``bf16``) of a supported dtype."""
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[resolve_dtype(dtype)]
+
+
 def check_dtype_on_device(dtype: torch.dtype, device: torch.device) -> None:
     """Refuse combinations that cannot run (one-line :class:`GdinoError`)."""
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():

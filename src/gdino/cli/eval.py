@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
+from gdino.cli.options import add_model_options, load_detector, weights_name
 from gdino.errors import GdinoError
 
 logger = logging.getLogger("gdino.eval")
@@ -66,44 +66,27 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
+    add_model_options(p)
+    p.add_argument("--dtype", help="fp32 (default), fp16 or bf16")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 1)")
     p.add_argument(
-        "--weights", default=None,
-        help="checkpoint: hub name, official .pth, HF folder or gdino .safetensors "
-        "(default: $GDINO_WEIGHTS, else grounding-dino-tiny)",
+        "--image-size", type=int, metavar="N", help="shorter side (default: official 800, longer <= 1333)"
     )
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
-    p.add_argument("--dtype", default="fp32", help="fp32 (default), fp16 or bf16")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument(
-        "--image-size", type=int, default=None, metavar="N", help="shorter side (default: official 800, longer <= 1333)"
-    )
-    p.add_argument("--topk", type=int, default=300, help="(query, class) pairs kept per image (default 300, official)")
+    p.add_argument("--topk", type=int, help="(query, class) pairs kept per image (default 300, official)")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate only the first N images")
     p.add_argument("--backend", default="pycocotools", choices=("pycocotools", "faster-coco-eval"), help="COCO scorer")
-    p.add_argument("--out", metavar="DIR", help="write metrics.json, detections.json and PR curves here")
+    p.add_argument("--out", metavar="DIR", help="write metrics.json, detections.json and PR curves into this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _evaluator(args):
-    from gdino.eval.evaluator import EvalOptions, Evaluator
-    from gdino.infer.runtime import check_dtype_on_device, resolve_device, resolve_dtype
+    from gdino.eval.evaluator import EVAL_DETECT, EvalOptions, Evaluator  # lazy: keeps gdino --help fast
 
-    if args.batch_size < 1:
-        raise GdinoError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.image_size is not None and args.image_size < 32:
-        raise GdinoError(f"--image-size must be at least 32, got {args.image_size}")
-    options = EvalOptions(
-        topk=args.topk, batch_size=args.batch_size, dtype=args.dtype, image_size=args.image_size,
-        backend=args.backend, progress=not args.no_progress, max_images=args.max_images,
+    given = {k: getattr(args, k) for k in ("dtype", "batch_size", "image_size", "topk") if getattr(args, k) is not None}
+    options = EvalOptions.build(
+        detect=EVAL_DETECT, **given, backend=args.backend, progress=not args.no_progress, max_images=args.max_images,
     )
-    device = resolve_device(args.device)
-    check_dtype_on_device(resolve_dtype(args.dtype), device)
-    import gdino
-    from gdino.infer.commands import DEFAULT_WEIGHTS
-
-    weights = args.weights or os.environ.get("GDINO_WEIGHTS") or DEFAULT_WEIGHTS
-    model = gdino.load_model(weights, device=str(device))
-    return Evaluator(model, options), str(weights)
+    return Evaluator(load_detector(args, options.detect).model, options), weights_name(args)
 
 
 def _check_inputs(args) -> None:
@@ -115,7 +98,7 @@ def _check_inputs(args) -> None:
 
 
 def _print_detection_result(result: dict, title: str, per_class: bool) -> None:
-    from gdino.eval.report import per_class_table, summary_table
+    from gdino.eval.report import per_class_table, summary_table  # lazy: keeps gdino --help fast
 
     summary = {k: v for k, v in result.items() if isinstance(v, float)}
     print(summary_table(summary, title=title))
@@ -125,7 +108,7 @@ def _print_detection_result(result: dict, title: str, per_class: bool) -> None:
 
 
 def run_coco(args) -> int:
-    from gdino.eval.annotations import load_coco_gt
+    from gdino.eval.annotations import load_coco_gt  # lazy: keeps gdino --help fast
 
     _check_inputs(args)
     load_coco_gt(args.annotations)  # bad files fail before the model loads
@@ -136,7 +119,7 @@ def run_coco(args) -> int:
 
 
 def run_lvis(args) -> int:
-    from gdino.eval.annotations import load_coco_gt
+    from gdino.eval.annotations import load_coco_gt  # lazy: keeps gdino --help fast
     from gdino.eval.lvis import check_lvis_fields
 
     _check_inputs(args)
@@ -148,7 +131,7 @@ def run_lvis(args) -> int:
 
 
 def run_odinw(args) -> int:
-    from gdino.eval.odinw import load_listing, odinw_table_rows
+    from gdino.eval.odinw import load_listing, odinw_table_rows  # lazy: keeps gdino --help fast
     from gdino.eval.report import format_table, percent
 
     load_listing(args.listing)
@@ -161,7 +144,7 @@ def run_odinw(args) -> int:
 
 
 def run_refcoco(args) -> int:
-    from gdino.eval.refcoco import load_refs
+    from gdino.eval.refcoco import load_refs  # lazy: keeps gdino --help fast
     from gdino.eval.report import percent
 
     _check_inputs(args)
@@ -175,22 +158,22 @@ def run_refcoco(args) -> int:
 
 
 def run_score(args) -> int:
-    from gdino.eval.annotations import load_coco_gt, load_detections
+    from gdino.eval.annotations import load_coco_gt, load_detections  # lazy: keeps gdino --help fast
 
     gt = load_coco_gt(args.annotations)
     dets = load_detections(args.detections, gt)
     if args.lvis:
-        from gdino.eval.lvis import score_lvis
+        from gdino.eval.lvis import score_lvis  # lazy: keeps gdino --help fast
 
         metrics = score_lvis(gt, dets, topk_per_class=args.topk_per_class, backend=args.backend)
         title = "LVIS Fixed AP (%)"
     else:
-        from gdino.eval.coco import score_coco
+        from gdino.eval.coco import score_coco  # lazy: keeps gdino --help fast
 
         metrics = score_coco(gt, dets, backend=args.backend)
         title = "COCO box AP (%)"
     if args.out:
-        from gdino.eval.evaluator import write_outputs
+        from gdino.eval.evaluator import write_outputs  # lazy: keeps gdino --help fast
 
         write_outputs(metrics, dets, args.out, title.split(" (")[0])
     _print_detection_result(metrics.to_dict(), f"{title}, {len(dets)} detections", args.per_class)

@@ -27,15 +27,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from gdino.core.detections import Detections
+from gdino.core.files import atomic_write_text
+from gdino.core.images import find_images
+from gdino.core.rle import encode_mask
 from gdino.errors import GdinoError, InputImageError
-from gdino.infer.detections import Detections
-from gdino.infer.detector import DecodeOptions, Detector
-from gdino.infer.images import find_images
+from gdino.infer.detector import Detector
+from gdino.infer.options import DetectOptions
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = ".gdino-label"
 FORMATS = ("coco", "yolo")
+#: options that change how fast a job runs, not what it writes: a resume may change them
+RUN_ONLY_OPTIONS = ("batch_size",)
 
 
 @dataclass
@@ -114,25 +121,13 @@ class Journal:
         os.close(self._fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def label_folder(
     detector: Detector,
     folder: str | os.PathLike,
     out: str | os.PathLike,
     classes: Sequence[str],
     *,
-    box_threshold: float = 0.35,
-    nms: float | None = None,
+    options: DetectOptions | None = None,
     formats: Sequence[str] = ("coco",),
     segmenter: Any = None,
     overwrite: bool = False,
@@ -143,8 +138,9 @@ def label_folder(
     """Label every image under ``folder`` with ``classes`` into the dataset folder ``out``.
 
     Args:
-        detector: runs the model (its batch size, dtype and image size apply).
+        detector: runs the model.
         classes: category names (classes mode: one class per box).
+        options: detection options (default: the detector's); recorded in ``job.json``.
         formats: any of ``"coco"`` (always written) and ``"yolo"``.
         segmenter: optional Grounded-SAM segmenter (``segment(rgb_uint8, detections)``) adding masks.
         overwrite: discard an earlier job in ``out`` instead of resuming it.
@@ -164,14 +160,11 @@ def label_folder(
     if not files:
         raise InputImageError(f"{root}: no images found (looked for .jpg, .png, .webp, ... recursively)")
     prompt = detector.prompt(list(classes))
-    opts = DecodeOptions(box_threshold=box_threshold, nms_iou=nms)
-
+    opts = options or detector.options
     job = {
         "classes": list(prompt.class_names),
-        "box_threshold": box_threshold,
-        "nms": nms,
+        "options": {k: v for k, v in opts.to_dict().items() if k not in RUN_ONLY_OPTIONS},
         "masks": segmenter is not None,
-        "image_size": repr(detector.preprocess_config),
         **(settings or {}),
     }
     state = out / STATE_DIR
@@ -182,18 +175,12 @@ def label_folder(
     summary.resumed = sum(1 for f in files if rel[f] in journal.records)
     todo = [f for f in files if rel[f] not in journal.records]
 
-    from tqdm import tqdm
-
     bar = tqdm(
         total=len(files), initial=len(files) - len(todo), unit="img", desc="labeling",
         disable=not progress, dynamic_ncols=True, smoothing=0.1,
     )
     try:
-        for (name, loaded), dets in detector.run(_loaded(detector, prompt, todo, rel, journal, bar, workers), opts):
-            if segmenter is not None and len(dets):
-                import numpy as np
-
-                dets = segmenter.segment(np.asarray(loaded.image), dets)
+        for (name, _), dets in detector.run(_loaded(detector, opts, prompt, todo, rel, journal, bar, workers), opts, segmenter):
             journal.add(_record(name, dets))
             summary.labeled += 1
             bar.update(1)
@@ -240,18 +227,18 @@ def _first_difference(old: Any, new: dict[str, Any]) -> str:
     return "unknown difference"
 
 
-def _loaded(detector: Detector, prompt, todo: list[Path], rel: dict[Path, str], journal: Journal, bar, workers: int) -> Iterator:
+def _loaded(detector: Detector, opts: DetectOptions, prompt, todo: list[Path], rel: dict[Path, str], journal: Journal, bar, workers: int) -> Iterator:
     """Prepared images in order, loaded ahead by threads; unreadable ones go to the journal."""
 
     def load(path: Path):
         try:
-            return detector.prepare(path, name=rel[path]), None
+            return detector.prepare(path, name=rel[path], options=opts), None
         except InputImageError as e:
             return None, str(e)
         except MemoryError:
             return None, f"{rel[path]}: out of memory while decoding"
 
-    ahead = max(2, 2 * detector.batch_size)
+    ahead = max(2, 2 * opts.batch_size)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = []
         it = iter(todo)
@@ -283,8 +270,6 @@ def _record(name: str, dets: Detections) -> dict[str, Any]:
             "class_id": int(dets.class_ids[i]),
         }
         if dets.masks is not None:
-            from gdino.segment.rle import encode_mask
-
             d["mask"] = encode_mask(dets.masks[i].numpy())
             d["mask_area"] = int(dets.masks[i].sum())
         if dets.mask_scores is not None:
