@@ -199,8 +199,9 @@ def draw_all(loaded: list, results: list, folder: Path) -> None:
             k += 1
             name = f"{stem}_{k}{suffix}"
         used.add(name)
+        params: dict[str, Any] = {"quality": 92} if suffix != ".png" else {}
         with atomic_path(folder / name, fsync=False) as tmp:
-            draw_detections(img.image, dets).save(tmp, **({"quality": 92} if suffix != ".png" else {}))
+            draw_detections(img.image, dets).save(tmp, **params)
     logger.info("drew %d images into %s", len(results), folder)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gdino.cli.options import (
     add_detect_options,
@@ -22,6 +23,9 @@ from gdino.cli.options import (
 )
 from gdino.segment.names import SEGMENTERS, canonical_name
 
+if TYPE_CHECKING:
+    import torch
+
 SEGMENTER_HELP = "segmenter: " + ", ".join(SEGMENTERS)
 
 
@@ -36,7 +40,7 @@ def add_segmenter_options(p: argparse.ArgumentParser, default: str | None) -> No
     p.add_argument("--segmenter-dtype", default="fp32", help="the segmenter's own precision: fp32 (default), fp16 or bf16")
 
 
-def build_segmenter_from(args: argparse.Namespace, device: object, multimask: bool = False) -> object:
+def build_segmenter_from(args: argparse.Namespace, device: str | torch.device, multimask: bool = False) -> object:
     from gdino.segment.build import build_segmenter  # lazy: keeps gdino --help fast
 
     return build_segmenter(args.segmenter, args.segmenter_weights, device, args.segmenter_dtype, multimask=multimask)

@@ -86,11 +86,11 @@ class Detections:
         with_masks = [p.masks is not None for p in parts if len(p)]
         masks = None
         if with_masks and all(with_masks):
-            masks = torch.cat([p.masks for p in parts if len(p)])
+            masks = torch.cat([p.masks for p in parts if len(p) and p.masks is not None])
         elif any(with_masks):
             raise ValueError("cannot concat Detections with and without masks")
         scored = [p.mask_scores is not None for p in parts if len(p)]
-        mask_scores = torch.cat([p.mask_scores for p in parts if len(p)]) if scored and all(scored) else None
+        mask_scores = torch.cat([p.mask_scores for p in parts if len(p) and p.mask_scores is not None]) if scored and all(scored) else None
         return cls(
             torch.cat([p.xyxy for p in parts]),
             torch.cat([p.scores for p in parts]),

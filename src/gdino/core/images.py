@@ -22,12 +22,15 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gdino.errors import InputImageError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Default pixel limit (width x height) above which an image is refused; 16k x 16k.
 DEFAULT_MAX_PIXELS = 16384 * 16384
@@ -39,7 +42,7 @@ IMAGE_EXTENSIONS = frozenset(
 
 _PIL_LIMIT_LOCK = threading.Lock()
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, "torch.Tensor"]  # noqa: F821
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,10 @@ def load_image(
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
-        torch = None
-    if torch is not None and isinstance(source, torch.Tensor):
-        return LoadedImage(_from_tensor(source, label, max_pixels), label)
+        pass
+    else:
+        if isinstance(source, torch.Tensor):
+            return LoadedImage(_from_tensor(source, label, max_pixels), label)
     raise InputImageError(
         f"{label}: unsupported image type {type(source).__name__}; "
         "give a path, a PIL image, a numpy HxWx3 uint8 array or a CxHxW tensor"

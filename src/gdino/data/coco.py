@@ -45,8 +45,8 @@ def load_coco(ann_file: str | os.PathLike) -> Annotations:
         images[img["id"]] = img
 
     per_image: dict[int, list[tuple[list[float], int]]] = {i: [] for i in images}
-    unknown_cats: Counter[int] = Counter()
-    unknown_images: Counter[int] = Counter()
+    unknown_cats: Counter[object] = Counter()
+    unknown_images: Counter[object] = Counter()
     crowd = 0
     for k, ann in enumerate(data.get("annotations") or []):
         if not isinstance(ann, dict):

@@ -29,7 +29,7 @@ def quiet_coco(dataset: Mapping) -> Any:
     from pycocotools.coco import COCO
 
     coco = COCO()
-    coco.dataset = dataset  # type: ignore[assignment]
+    coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco

@@ -72,14 +72,14 @@ def load_listing(path: str | os.PathLike) -> list[OdinwDataset]:
         raise GdinoError(f"{p}: expected a non-empty 'datasets' list")
     out: list[OdinwDataset] = []
     seen = set()
-    for i, e in enumerate(entries):
-        if not isinstance(e, Mapping) or not all(isinstance(e.get(k), str) and e.get(k) for k in ("annotations", "images")):
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or not all(isinstance(entry.get(k), str) and entry.get(k) for k in ("annotations", "images")):
             raise GdinoError(f"{p}: datasets[{i}] needs 'annotations' and 'images' paths")
-        name = str(e.get("name") or Path(e["annotations"]).parent.as_posix())
+        name = str(entry.get("name") or Path(entry["annotations"]).parent.as_posix())
         if name in seen:
             raise GdinoError(f"{p}: datasets[{i}] repeats the name {name!r}")
         seen.add(name)
-        out.append(OdinwDataset(name, root / e["annotations"], root / e["images"]))
+        out.append(OdinwDataset(name, root / entry["annotations"], root / entry["images"]))
     return out
 
 

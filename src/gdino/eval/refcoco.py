@@ -139,7 +139,8 @@ def predict_refs(
                 found = detector.detect_prompts(str(paths[image_id]), prompts, box_threshold=0.0, topk=1, clip=False)[0]
                 for k, dets in zip(kept, found):
                     if len(dets):
-                        out[k] = tuple(float(v) for v in dets.xyxy[0].tolist())  # type: ignore[assignment]
+                        x0, y0, x1, y1 = (float(v) for v in dets.xyxy[0].tolist())
+                        out[k] = (x0, y0, x1, y1)
             bar.update(len(idx))
     return out
 

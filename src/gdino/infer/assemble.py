@@ -16,7 +16,7 @@ from gdino.core.detections import Detections
 from gdino.core.images import LoadedImage
 from gdino.infer.decode import class_scores, decode_phrases, select_per_query, select_topk_chunks
 from gdino.infer.options import DetectOptions
-from gdino.infer.prompts import Prompt
+from gdino.infer.prompts import Prompt, PromptChunk
 from gdino.ops.boxes import cxcywh_to_xyxy
 
 RawChunk = tuple[Tensor, Tensor, Sequence[int]]
@@ -45,9 +45,11 @@ def to_detections(
 
 
 def _classes_mode(prompt: Prompt, raw: Sequence[RawChunk], b: int, opts: DetectOptions) -> tuple[Tensor, Tensor, Tensor]:
-    scores = [class_scores(logits[b], chunk.positive_map) for (logits, _, _), chunk in zip(raw, prompt.chunks)]
+    scores = [class_scores(logits[b], _positive_map(chunk)) for (logits, _, _), chunk in zip(raw, prompt.chunks)]
     if opts.topk is not None:
         sel = select_topk_chunks(scores, [c.class_indices for c in prompt.chunks], opts.topk)
+        if sel.chunks is None:
+            raise RuntimeError("select_topk_chunks gave no chunk ids")
         keep = sel.scores > opts.box_threshold
         chunk_ids, queries = sel.chunks[keep].tolist(), sel.queries[keep].tolist()
         boxes = torch.stack([raw[c][1][b, q] for c, q in zip(chunk_ids, queries)]) if queries else torch.zeros(0, 4)
@@ -78,3 +80,9 @@ def _phrase_mode(
         )
         labels.extend(ps.labels)
     return torch.cat(boxes_parts), torch.cat(scores_parts), torch.cat(class_parts), labels
+
+
+def _positive_map(chunk: PromptChunk) -> Tensor:
+    if chunk.positive_map is None:
+        raise ValueError(f"prompt chunk {chunk.caption!r} has no positive map (not a classes-mode prompt)")
+    return chunk.positive_map

@@ -47,13 +47,13 @@ class LRU(Generic[K, V]):
 def pixels_key(pixels: Tensor) -> str:
     """A content hash of a preprocessed image tensor (shape included)."""
     arr = np.ascontiguousarray(pixels.numpy())
-    return f"{tuple(arr.shape)}:" + hashlib.blake2b(arr.view(np.uint8), digest_size=16).hexdigest()
+    return f"{tuple(arr.shape)}:" + hashlib.blake2b(arr.view(np.uint8).data, digest_size=16).hexdigest()
 
 
 def cat_features(items: list[Any]) -> Any:
     """Concatenate single-image feature bundles (dataclasses of tensors / tensor lists) on dim 0."""
     first = items[0]
-    changes = {}
+    changes: dict[str, Any] = {}
     for f in fields(first):
         values = [getattr(it, f.name) for it in items]
         if isinstance(values[0], Tensor):

@@ -92,6 +92,8 @@ def draw_detections(
 
 
 def _draw_masks(canvas: Image.Image, detections: Detections, alpha: float) -> Image.Image:
+    if detections.masks is None:
+        raise ValueError("no masks to draw")
     base = np.asarray(canvas, dtype=np.float32)
     out = base.copy()
     masks = detections.masks.numpy()

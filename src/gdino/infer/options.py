@@ -8,7 +8,7 @@ the ``settings`` block of the JSON outputs (:meth:`DetectOptions.to_dict`).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -67,7 +67,7 @@ class DetectOptions:
         if isinstance(size, list):
             size = tuple(size)
         if size is not None and not (
-            (_positive_int(size) and size >= 32)  # type: ignore[operator]
+            (_positive_int(size) and size >= 32)
             or (isinstance(size, tuple) and len(size) == 2 and all(_positive_int(v) and v >= 32 for v in size))
         ):
             raise GdinoError(f"{_flag('image_size')} must be an integer >= 32 or (height, width), got {size!r}")
@@ -116,7 +116,7 @@ def check_fraction(name: str, value: Any) -> None:
         raise GdinoError(f"{_flag(name)} must be a number in [0, 1], got {value!r}")
 
 
-def _positive_int(value: Any) -> bool:
+def _positive_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 

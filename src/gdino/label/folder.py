@@ -289,7 +289,9 @@ def write_dataset(
     job: dict[str, Any],
 ) -> list[str]:
     """Rebuild the dataset files from journal records (in folder order); returns their paths."""
-    images, annotations, skipped = [], [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     for f in files:
         rec = records.get(rel[f])
         if rec is None:

@@ -9,7 +9,8 @@ official checkpoint (``backbone.0.*`` there, ``backbone.*`` in gdino). Window at
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,8 @@ def window_index(h: int, w: int, ws: int, shift: int, device: torch.device) -> W
 
 
 class WindowAttention(nn.Module):
+    relative_position_index: Tensor  # buffer
+
     def __init__(self, dim: int, window_size: int, num_heads: int) -> None:
         super().__init__()
         self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
@@ -169,8 +172,8 @@ class SwinStage(nn.Module):
         ws = self.window_size
         hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
         mask = shift_region_mask(hp, wp, ws, self.shift, x.device) if len(self.blocks) > 1 else None
-        index = {shift: window_index(h, w, ws, shift, x.device) for shift in {b.shift for b in self.blocks}}
-        for block in self.blocks:
+        index = {shift: window_index(h, w, ws, shift, x.device) for shift in {b.shift for b in cast(Iterable[SwinBlock], self.blocks)}}
+        for block in cast(Iterable[SwinBlock], self.blocks):
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, mask, index[block.shift], use_reentrant=False)
             else:
@@ -224,7 +227,7 @@ class SwinTransformer(nn.Module):
     @use_checkpoint.setter
     def use_checkpoint(self, value: bool) -> None:
         for stage in self.layers:
-            stage.use_checkpoint = bool(value)
+            cast(SwinStage, stage).use_checkpoint = bool(value)
 
     def forward(self, pixel_values: Tensor) -> list[Tensor]:
         x = self.patch_embed(pixel_values)

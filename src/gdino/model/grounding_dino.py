@@ -5,7 +5,8 @@ handled by the callers (``gdino.weights``; ``gdino.Detector`` is the predictor t
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ from gdino.model.backbone import SwinTransformer
 from gdino.model.decoder import Decoder, DenoisingQueries
 from gdino.model.encoder import Encoder
 from gdino.model.features import GroundingDINOOutput, ImageFeatures, TextFeatures
+from gdino.model.fusion import BiAttentionBlock
 from gdino.model.heads import MLP, contrastive_logits
 from gdino.model.position import image_position_embedding
 from gdino.model.query_selection import select_queries
@@ -55,14 +57,14 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
         for m in self.modules():
             if m is not self and hasattr(m, "_reset_parameters"):
-                m._reset_parameters()
+                cast(Any, m)._reset_parameters()
         nn.init.normal_(self.level_embed)
         nn.init.normal_(self.tgt_embed.weight)
-        for fusion in self.encoder.fusion_layers:
+        for fusion in cast(Iterable[BiAttentionBlock], self.encoder.fusion_layers):
             nn.init.constant_(fusion.gamma_v, self._init_gamma)
             nn.init.constant_(fusion.gamma_l, self._init_gamma)
-        nn.init.zeros_(self.enc_out_bbox_embed.layers[-1].weight)
-        nn.init.zeros_(self.enc_out_bbox_embed.layers[-1].bias)
+        nn.init.zeros_(cast(nn.Linear, self.enc_out_bbox_embed.layers[-1]).weight)
+        nn.init.zeros_(cast(nn.Linear, self.enc_out_bbox_embed.layers[-1]).bias)
 
 
 class GroundingDINO(nn.Module):
@@ -93,11 +95,12 @@ class GroundingDINO(nn.Module):
     def _reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.feat_map.weight)
         nn.init.zeros_(self.feat_map.bias)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.zeros_(proj[0].bias)
-        nn.init.zeros_(self.bbox_embed.layers[-1].weight)
-        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+        for proj in cast(Iterable[nn.Sequential], self.input_proj):
+            conv = cast(nn.Conv2d, proj[0])
+            nn.init.xavier_uniform_(conv.weight, gain=1)
+            nn.init.zeros_(cast(Tensor, conv.bias))  # built with bias=True
+        nn.init.zeros_(cast(nn.Linear, self.bbox_embed.layers[-1]).weight)
+        nn.init.zeros_(cast(nn.Linear, self.bbox_embed.layers[-1]).bias)
 
     # ------------------------------------------------------------------ gradient checkpointing
     @property

@@ -149,9 +149,9 @@ def _gather_pixels(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor,
             torch.add(top_left, step, out=index[:, k])
         fx, fy = frac.unbind(-1)
         gx = 1 - fx
-        w = weights[:, q0:q1].reshape(nq, lp)
-        bottom = fy * w
-        top = w - bottom
+        wq = weights[:, q0:q1].reshape(nq, lp)
+        bottom = fy * wq
+        top = wq - bottom
         pairs = ((top, gx), (top, fx), (bottom, gx), (bottom, fx))
         if inplace:
             weight = torch.empty(nq, 4, lp, device=device, dtype=frac.dtype)

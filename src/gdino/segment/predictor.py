@@ -14,7 +14,7 @@ bf16/fp16 autocast does not change it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from PIL import Image
 from torch import Tensor
 
 from gdino.core.detections import Detections
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam  # untyped package: Any to mypy
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class SamSegmenter:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Sam,
         *,
         multimask: bool = False,
         decoder_batch: int = 128,

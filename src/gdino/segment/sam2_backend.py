@@ -11,7 +11,7 @@ under autocast in that dtype (as the SAM 2 authors do), independent of the detec
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -19,6 +19,9 @@ from torch import Tensor
 from gdino.core.detections import Detections
 from gdino.errors import GdinoError
 from gdino.segment.predictor import as_rgb_array, image_for, with_no_masks
+
+if TYPE_CHECKING:
+    from sam2.modeling.sam2_base import SAM2Base  # untyped package: Any to mypy
 
 #: gdino name -> the package's config file
 SAM2_CONFIGS = {
@@ -58,7 +61,7 @@ class Sam2Segmenter:
         name: shown in messages.
     """
 
-    def __init__(self, model: torch.nn.Module, *, multimask: bool = False, dtype: torch.dtype = torch.float32, name: str = "sam2") -> None:
+    def __init__(self, model: SAM2Base, *, multimask: bool = False, dtype: torch.dtype = torch.float32, name: str = "sam2") -> None:
         import_sam2()
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 

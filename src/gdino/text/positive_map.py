@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from numbers import Integral
+from typing import TypeGuard, cast
 
 import torch
 from torch import Tensor
@@ -56,7 +57,7 @@ def token_spans_from_encoding(
 
     result: list[list[int]] = []
     for k, item in enumerate(char_spans):
-        spans = [item] if _is_span(item) else list(item)
+        spans: list[Span] = [item] if _is_span(item) else list(cast(Sequence[Span], item))
         tokens: set[int] = set()
         for beg, end in spans:
             first = _first_found(token_at, (beg, beg + 1, beg + 2))
@@ -122,7 +123,7 @@ def phrase_segments(
     return [(a + 1, b) for a, b in zip(delims[:-1], delims[1:], strict=True)]
 
 
-def _is_span(item) -> bool:
+def _is_span(item: Span | Sequence[Span]) -> TypeGuard[Span]:
     return len(item) == 2 and all(isinstance(v, Integral) for v in item)
 
 

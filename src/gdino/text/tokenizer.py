@@ -38,7 +38,7 @@ def default_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> str | N
 
     for repo_id in BERT_REPO_IDS:
         try:
-            found = try_to_load_from_cache(repo_id, "vocab.txt", cache_dir=cache_dir)
+            found = try_to_load_from_cache(repo_id, "vocab.txt", cache_dir=None if cache_dir is None else os.fspath(cache_dir))
         except (OSError, ValueError) as e:  # unreadable or odd cache layout: treat as absent
             logger.debug("Hugging Face cache lookup for %s failed: %s", repo_id, e)
             continue
@@ -100,7 +100,7 @@ def _from_folder(folder: Path):
 
 
 def _from_vocab_file(vocab: Path):
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]  # transformers 5 exports it only lazily (an alias of BertTokenizer), not in its typed __init__
 
     # transformers 5 takes `vocab=` (and silently ignores `vocab_file=`, giving garbage ids);
     # transformers 4 takes `vocab_file=`.

@@ -170,7 +170,10 @@ def relative_position_buffers(config: GroundingDINOConfig) -> dict[str, Tensor]:
     """Swin's index buffers under transformers 4.x names (4.x expects them in the file; 5.x ignores them)."""
     out = {}
     for key, value in relative_position_indices(config).items():
-        s, b = re.fullmatch(r"backbone\.0\.layers\.(\d+)\.blocks\.(\d+)\..*", key).groups()
+        match = re.fullmatch(r"backbone\.0\.layers\.(\d+)\.blocks\.(\d+)\..*", key)
+        if match is None:
+            raise ValueError(f"unexpected Swin index buffer name {key}")
+        s, b = match.groups()
         out[f"{SWIN}.encoder.layers.{s}.blocks.{b}.attention.self.relative_position_index"] = value
     return out
 

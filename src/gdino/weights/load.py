@@ -29,7 +29,7 @@ from torch import Tensor
 from gdino.config import PRESETS, GroundingDINOConfig, get_preset
 from gdino.core.runtime import resolve_device, resolve_dtype
 from gdino.errors import CheckpointError, GdinoError
-from gdino.model.backbone import relative_position_index
+from gdino.model.backbone import WindowAttention, relative_position_index
 from gdino.model.grounding_dino import GroundingDINO
 from gdino.text.tokenizer import default_tokenizer_dir, load_tokenizer
 from gdino.weights import hf, hub, native, official
@@ -60,7 +60,7 @@ class Checkpoint:
 
 def load_model(
     weights: str | os.PathLike,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     dtype: str | torch.dtype | None = None,
     config: GroundingDINOConfig | str | None = None,
     tokenizer: Any = None,
@@ -289,7 +289,7 @@ def _empty_model(cfg: GroundingDINOConfig) -> GroundingDINO:
     fills: list[tuple[torch.nn.Module, str, Tensor]] = []
     for module in model.modules():
         for name, buf in module.named_buffers(recurse=False):
-            if name == "relative_position_index":
+            if name == "relative_position_index" and isinstance(module, WindowAttention):
                 value = relative_position_index(module.window_size)
             elif name == "position_ids":
                 value = torch.arange(buf.shape[-1]).expand(buf.shape)
@@ -301,5 +301,5 @@ def _empty_model(cfg: GroundingDINOConfig) -> GroundingDINO:
             fills.append((module, name, value))
     model = model.to_empty(device="cpu")
     for module, name, value in fills:
-        module._buffers[name] = value.to(module._buffers[name].dtype).clone()
+        module._buffers[name] = value.to(module.get_buffer(name).dtype).clone()
     return model.eval()

@@ -90,6 +90,8 @@ def check_architecture(state: Mapping[str, Tensor], origin: str) -> None:
 def backbone_embed_dim(state: Mapping[str, Tensor]) -> int:
     """Swin embedding width (96 Swin-T, 128 Swin-B) from the patch embedding."""
     w = state.get(_BACKBONE_KEY, state.get(_NATIVE_BACKBONE_KEY))
+    if w is None:
+        raise CheckpointError(f"no {_BACKBONE_KEY} or {_NATIVE_BACKBONE_KEY}: not a Swin Grounding DINO checkpoint")
     return int(w.shape[0])
 
 
