@@ -379,7 +379,7 @@ def test_save_is_atomic(tiny_model, tmp_path, monkeypatch):
         Path(args[1]).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.torch.save_file", boom)
+    monkeypatch.setattr("gdino.weights.native.save_file", boom)
     with pytest.raises(OSError):
         save_model(tiny_model, path)
     assert path.read_bytes() == before

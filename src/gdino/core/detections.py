@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+from torchvision.ops import batched_nms, nms
 
 from gdino.core.rle import encode_mask
 from gdino.errors import GdinoError
@@ -139,8 +141,6 @@ class Detections:
 
         In phrase mode the "class" is the label text. The result is sorted by score.
         """
-        from torchvision.ops import batched_nms, nms
-
         if len(self) == 0:
             return self
         if class_agnostic:
@@ -242,12 +242,10 @@ class Detections:
         ``class_id`` carries the class ids, ``data["class_name"]`` the labels, ``mask`` the masks.
         """
         try:
-            import supervision as sv
+            import supervision as sv  # optional: only this conversion needs it
         except ImportError as e:
 
             raise GdinoError("to_supervision() needs the supervision package: pip install supervision") from e
-        import numpy as np
-
         return sv.Detections(
             xyxy=self.xyxy.numpy().astype(np.float32).reshape(-1, 4),
             confidence=self.scores.numpy().astype(np.float32),

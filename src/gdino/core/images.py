@@ -22,15 +22,13 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from gdino.errors import InputImageError
-
-if TYPE_CHECKING:
-    import torch
 
 #: Default pixel limit (width x height) above which an image is refused; 16k x 16k.
 DEFAULT_MAX_PIXELS = 16384 * 16384
@@ -90,13 +88,8 @@ def load_image(
         return LoadedImage(to_rgb(ImageOps.exif_transpose(source), label), label)
     if isinstance(source, np.ndarray):
         return LoadedImage(_from_array(source, label, max_pixels), label)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    else:
-        if isinstance(source, torch.Tensor):
-            return LoadedImage(_from_tensor(source, label, max_pixels), label)
+    if isinstance(source, torch.Tensor):
+        return LoadedImage(_from_tensor(source, label, max_pixels), label)
     raise InputImageError(
         f"{label}: unsupported image type {type(source).__name__}; "
         "give a path, a PIL image, a numpy HxWx3 uint8 array or a CxHxW tensor"

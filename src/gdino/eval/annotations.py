@@ -26,7 +26,7 @@ from gdino.errors import GdinoError
 
 def quiet_coco(dataset: Mapping) -> Any:
     """A ``pycocotools.coco.COCO`` built from a dict, without its prints."""
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # optional ([eval]): only COCO scoring needs it
 
     coco = COCO()
     coco.dataset = dataset
@@ -42,7 +42,7 @@ def load_coco_gt(source: Any, name: str | None = None) -> Any:
         GdinoError: unreadable file, missing sections, bad or duplicate ids, bad boxes,
             annotations pointing at unknown images or categories.
     """
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # optional ([eval]): only COCO scoring needs it
 
     if isinstance(source, COCO):
         dataset, label = copy.deepcopy(source.dataset), name or "annotations"

@@ -101,13 +101,13 @@ def run_cocoeval(
         raise GdinoError(f"unknown COCO backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "faster-coco-eval":
         try:
-            from faster_coco_eval import COCO as Coco
-            from faster_coco_eval import COCOeval_faster as CocoEval
+            from faster_coco_eval import COCO as Coco  # optional ([eval])
+            from faster_coco_eval import COCOeval_faster as CocoEval  # optional ([eval])
         except ImportError:
             raise GdinoError("backend faster-coco-eval needs: pip install faster-coco-eval") from None
         make = lambda d: Coco(d)  # noqa: E731
     else:
-        from pycocotools.cocoeval import COCOeval as CocoEval
+        from pycocotools.cocoeval import COCOeval as CocoEval  # optional ([eval]): only COCO scoring needs it
 
         make = quiet_coco
     if evaluator is not None:

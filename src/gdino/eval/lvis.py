@@ -130,7 +130,7 @@ def _federated_evaluator(backend: str):
     if backend != "faster-coco-eval":
         return FederatedCOCOeval
     try:
-        from faster_coco_eval import COCOeval_faster
+        from faster_coco_eval import COCOeval_faster  # optional ([eval])
     except ImportError:
         raise GdinoError("backend faster-coco-eval needs: pip install faster-coco-eval") from None
     return functools.partial(COCOeval_faster, lvis_style=True, print_function=logger.debug)

@@ -53,7 +53,7 @@ def load_listing(path: str | os.PathLike) -> list[OdinwDataset]:
             raise GdinoError(f"{p}: not valid JSON (line {e.lineno}: {e.msg})") from None
     else:
         try:
-            import yaml
+            import yaml  # optional ([train]/[eval]): only YAML listings need it
         except ImportError:
             raise GdinoError(f"{p}: a YAML listing needs pyyaml (pip install pyyaml); or use JSON") from None
         try:

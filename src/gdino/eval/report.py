@@ -115,8 +115,8 @@ def plot_class_pr_curves(
 
 def _figure(**kwargs):
     """A matplotlib ``Figure`` drawn with Agg, without pyplot (no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional ([eval]): only the PR plots need it
+    from matplotlib.figure import Figure  # optional ([eval]): only the PR plots need it
 
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)

@@ -35,7 +35,7 @@ SAM2_CONFIGS = {
 def import_sam2():
     """The ``sam2`` package, or a one-line error saying how to install it."""
     try:
-        import sam2
+        import sam2  # optional ([sam2])
         import sam2.build_sam  # noqa: F401
         import sam2.sam2_image_predictor  # noqa: F401
     except ImportError as e:
@@ -46,7 +46,7 @@ def import_sam2():
 def build_sam2_model(config_file: str, overrides: list[str] | tuple[str, ...] = ()) -> torch.nn.Module:
     """A SAM 2 model with random weights on the CPU, in eval mode (``overrides``: Hydra ``++key=value``)."""
     import_sam2()
-    from sam2.build_sam import build_sam2
+    from sam2.build_sam import build_sam2  # optional ([sam2])
 
     return build_sam2(config_file, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=list(overrides))
 
@@ -63,7 +63,7 @@ class Sam2Segmenter:
 
     def __init__(self, model: SAM2Base, *, multimask: bool = False, dtype: torch.dtype = torch.float32, name: str = "sam2") -> None:
         import_sam2()
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
+        from sam2.sam2_image_predictor import SAM2ImagePredictor  # optional ([sam2])
 
         self.model = model.eval()
         self.predictor = SAM2ImagePredictor(self.model)

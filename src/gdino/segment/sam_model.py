@@ -78,7 +78,7 @@ SAM_PRESETS: dict[str, SamConfig] = {
 def import_segment_anything():
     """The ``segment_anything`` package, or a one-line error saying how to install it."""
     try:
-        import segment_anything
+        import segment_anything  # optional ([sam])
     except ImportError as e:
         raise GdinoError("SAM segmenters need the segment-anything package: pip install 'gdino[sam]'") from e
     return segment_anything
@@ -87,7 +87,13 @@ def import_segment_anything():
 def build_sam(config: SamConfig) -> torch.nn.Module:
     """A ``segment_anything.modeling.Sam`` with random weights, in eval mode."""
     import_segment_anything()
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (  # optional ([sam])
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     if config.image_size % config.patch_size:
         raise GdinoError(f"SAM image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")

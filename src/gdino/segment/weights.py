@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from gdino.errors import CheckpointError, first_line
 from gdino.weights.hub import fetch
@@ -54,8 +55,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or ``.pth``/``.pt`` file, never unpickling code."""
     if path.suffix == ".safetensors":
         try:
-            from safetensors.torch import load_file
-
             return load_file(str(path), device="cpu")
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
             raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from None

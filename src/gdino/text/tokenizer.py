@@ -14,6 +14,12 @@ import logging
 import os
 from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoTokenizer
+
+# transformers 5 exports BertTokenizerFast only lazily (an alias of BertTokenizer), not in its typed __init__
+from transformers import BertTokenizerFast  # type: ignore[attr-defined]  # isort: skip
+
 from gdino.errors import CheckpointError, first_line
 
 logger = logging.getLogger(__name__)
@@ -34,8 +40,6 @@ def default_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> str | N
     Looks only in the local Hugging Face cache (``cache_dir`` or the default one); never touches
     the network.
     """
-    from huggingface_hub import try_to_load_from_cache
-
     for repo_id in BERT_REPO_IDS:
         try:
             found = try_to_load_from_cache(repo_id, "vocab.txt", cache_dir=None if cache_dir is None else os.fspath(cache_dir))
@@ -80,8 +84,6 @@ def special_token_ids(tokenizer) -> tuple[int, ...]:
 def _from_folder(folder: Path):
     vocab = folder / "vocab.txt"
     if any((folder / name).is_file() for name in _CONFIG_FILES):
-        from transformers import AutoTokenizer
-
         try:
             return AutoTokenizer.from_pretrained(str(folder))
         except Exception as e:  # noqa: BLE001 - transformers/tokenizers raise many types here
@@ -100,8 +102,6 @@ def _from_folder(folder: Path):
 
 
 def _from_vocab_file(vocab: Path):
-    from transformers import BertTokenizerFast  # type: ignore[attr-defined]  # transformers 5 exports it only lazily (an alias of BertTokenizer), not in its typed __init__
-
     # transformers 5 takes `vocab=` (and silently ignores `vocab_file=`, giving garbage ids);
     # transformers 4 takes `vocab_file=`.
     params = inspect.signature(BertTokenizerFast.__init__).parameters

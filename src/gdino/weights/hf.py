@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from gdino.config import GroundingDINOConfig
@@ -220,7 +221,6 @@ def read_folder(folder: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str,
         for shard in shards:
             state.update(read_safetensors(root / shard))
     elif weights.suffix == ".bin":
-
         state, _ = read_pth(weights)
     else:
         state = read_safetensors(weights)
@@ -228,7 +228,6 @@ def read_folder(folder: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str,
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
 
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
@@ -244,7 +243,6 @@ def write_folder(state: Mapping[str, Tensor], config: GroundingDINOConfig, folde
     BERT's pooler, when the model has one, is kept (transformers reports it as unused); Swin's
     index buffers are added for transformers 4.x.
     """
-    from safetensors.torch import save_file
 
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from gdino import __version__
@@ -29,7 +31,6 @@ _VOCAB = "gdino_vocab"
 
 def write(state: Mapping[str, Tensor], config: GroundingDINOConfig, path: str | os.PathLike, tokenizer: Any = None) -> None:
     """Save tensors + config (+ the tokenizer's WordPiece vocabulary, when it has one) to ``path``."""
-    from safetensors.torch import save_file
 
     p = Path(path)
     metadata = {"format": "pt", "gdino_format": FORMAT, "gdino_version": __version__, _CONFIG: json.dumps(config.to_dict())}
@@ -46,7 +47,6 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Tensor], GroundingDINOConfi
     Raises:
         CheckpointError: missing, truncated, or not a gdino file (no config in the metadata).
     """
-    from safetensors import safe_open
 
     p = Path(path)
     if not p.is_file():

@@ -8,6 +8,8 @@ only with ``torch.load(..., weights_only=True)``: a pickle that carries code is 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -145,9 +147,6 @@ def write_pth(state: Mapping[str, Tensor], config: GroundingDINOConfig, path: st
 
 def _safe_globals():
     """Also allow ``argparse.Namespace`` (training scripts store their ``args``): plain data, no code."""
-    import argparse
-    import contextlib
-
     safe = getattr(torch.serialization, "safe_globals", None)
     return safe([argparse.Namespace]) if safe else contextlib.nullcontext()
 
