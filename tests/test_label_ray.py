@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -38,10 +39,10 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.fixture
-def folder(tmp_path, chelsea_jpg):
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, chelsea_jpg):
     """6 readable images (nested, spaces and accents, RGBA, grayscale, portrait) and 2 unreadable."""
-    root = tmp_path / "photos"
+    root = tmp_path_factory.mktemp("label_ray") / "photos"
     (root / "sub dir").mkdir(parents=True)
     cat = Image.open(chelsea_jpg).convert("RGB").resize((96, 64))
     cat.save(root / "a.jpg")
@@ -72,13 +73,24 @@ def assert_same_dataset(a, b):
     assert load(a, "skipped.json") == load(b, "skipped.json")
 
 
-def test_same_dataset_as_one_process(folder, tmp_path, tiny_model, tiny_checkpoint):
-    single, distributed = tmp_path / "single", tmp_path / "ray"
+@pytest.fixture(scope="module")
+def labeled(folder, tiny_model, tiny_checkpoint, tmp_path_factory):
+    """The folder labeled by one process and by 2 Ray workers (shared by the tests that read them)."""
+    base = tmp_path_factory.mktemp("labeled")
+    single, distributed = base / "single", base / "ray"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     label_folder(Detector(tiny_model), folder, single, CLASSES, options=OPTIONS, formats=["coco", "yolo"], progress=False)
+    torch.set_num_threads(threads)
     summary = label_with_ray(
         folder, distributed, CLASSES, weights=str(tiny_checkpoint), options=OPTIONS, formats=["coco", "yolo"],
         ray_options=RayOptions(workers=2, shard_size=3), progress=False,
     )
+    return single, distributed, summary
+
+
+def test_same_dataset_as_one_process(labeled):
+    single, distributed, summary = labeled
     assert_same_dataset(single, distributed)
     assert load(single / STATE_DIR, "job.json") == load(distributed / STATE_DIR, "job.json")
     # unreadable images are reported, not fatal
@@ -93,11 +105,11 @@ def test_same_dataset_as_one_process(folder, tmp_path, tiny_model, tiny_checkpoi
     assert (distributed / "data.yaml").read_text().replace(str(distributed), "X") == (single / "data.yaml").read_text().replace(str(single), "X")
 
 
-def test_restart_skips_finished_shards(folder, tmp_path, tiny_checkpoint):
+def test_restart_skips_finished_shards(folder, labeled, tmp_path, tiny_checkpoint):
     out = tmp_path / "ds"
+    shutil.copytree(labeled[1], out, symlinks=True)
     run = functools.partial(label_with_ray, folder, out, CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
-                            ray_options=RayOptions(workers=1, shard_size=2), progress=False)
-    run()
+                            formats=["coco", "yolo"], ray_options=RayOptions(workers=1, shard_size=2), progress=False)
     first = load(out)
     shards = sorted((out / STATE_DIR / SHARD_DIR).glob("shard-*.jsonl"))
     # as if the job had been killed before the last shard: that shard missing, a torn temporary file left
@@ -108,13 +120,13 @@ def test_restart_skips_finished_shards(folder, tmp_path, tiny_checkpoint):
     (out / "annotations.json").unlink()
     kept = {p: p.stat().st_mtime_ns for p in shards[:-1]}
     summary = run()
-    assert summary.resumed == 8 - len(lost_files) and summary.labeled + len(summary.skipped) - 2 == len(lost_files) - sum(
-        f in ("broken.png", "empty.jpg") for f in lost_files)
+    unreadable = sum(f in ("broken.png", "empty.jpg") for f in lost_files)
+    assert summary.resumed == 8 - len(lost_files) and summary.labeled == len(lost_files) - unreadable
     assert {p: p.stat().st_mtime_ns for p in shards[:-1]} == kept  # finished shards were not redone
     assert load(out)["images"] == first["images"] and len(load(out)["annotations"]) == len(first["annotations"])
     # nothing left: a third run labels nothing; a file:// URI source reads the same folder
     summary = label_with_ray(f"file://{folder.resolve()}", out, CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
-                             ray_options=RayOptions(workers=1, shard_size=2), progress=False)
+                             ray_options=RayOptions(workers=1, shard_size=2), progress=False)  # no yolo: a URI
     assert summary.labeled == 0 and summary.resumed == 8 and load(out)["images"] == first["images"]
     with pytest.raises(GdinoError, match="other settings .*classes"):
         label_with_ray(folder, out, ["dog"], weights=str(tiny_checkpoint), options=OPTIONS, progress=False)
