@@ -141,14 +141,18 @@ def test_list_images_from_a_uri_matches_the_folder(folder):
 
 class BoxMasks:
     """A segmenter that fills each box; with ``crash_marker``, the first call in any process kills
-    that worker process (like a preempted or OOM-killed machine) after creating the marker."""
+    that worker process (like a preempted or OOM-killed machine) after creating the marker; with
+    ``crash_width``, every image of that width kills its worker."""
 
-    def __init__(self, crash_marker: str | None = None) -> None:
+    def __init__(self, crash_marker: str | None = None, crash_width: int | None = None) -> None:
         self.crash_marker = crash_marker
+        self.crash_width = crash_width
 
     def segment(self, rgb, dets):
         if self.crash_marker is not None and not os.path.exists(self.crash_marker):
             open(self.crash_marker, "w").close()
+            os._exit(1)
+        if rgb.shape[1] == self.crash_width:
             os._exit(1)
         h, w = rgb.shape[:2]
         masks = torch.zeros(len(dets), h, w, dtype=torch.bool)
@@ -172,6 +176,33 @@ def test_worker_killed_midway_is_retried_and_masks_match(folder, tmp_path, tiny_
     assert_same_dataset(single, distributed)
     anns = load(distributed)["annotations"]
     assert all("segmentation" in a and a["mask_score"] == 0.75 for a in anns)
+
+
+@pytest.mark.slow  # four worker deaths and restarts: about 40 s
+def test_batch_that_always_kills_its_worker_is_reported(folder, tmp_path, tiny_checkpoint):
+    out = tmp_path / "ds"
+    summary = label_with_ray(
+        folder, out, CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
+        segmenter_factory=functools.partial(BoxMasks, None, 64), ray_options=RayOptions(workers=1, shard_size=1),
+        progress=False,
+    )
+    skipped = {s["file"]: s["reason"] for s in load(out, "skipped.json")}
+    assert sorted(skipped) == ["broken.png", "e.webp", "empty.jpg"]  # e.webp is the one 64 px wide
+    assert "a worker died on each of 3 attempts" in skipped["e.webp"]
+    assert summary.labeled == 5 and len(load(out)["images"]) == 5
+
+
+class Failing:
+    """A segmenter that raises (a bug, not a crash): the job stops with one line, shards written so far stay."""
+
+    def segment(self, rgb, dets):
+        raise ValueError("segmenter bug for this test")
+
+
+def test_worker_exception_is_one_line(folder, tmp_path, tiny_checkpoint):
+    with pytest.raises(GdinoError, match="the Ray job failed: ValueError: segmenter bug for this test"):
+        label_with_ray(folder, tmp_path / "ds", CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
+                       segmenter_factory=Failing, ray_options=RayOptions(workers=1, shard_size=4), progress=False)
 
 
 def test_cli_engine_ray(folder, tmp_path, tiny_checkpoint, capsys):

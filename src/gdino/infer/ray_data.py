@@ -7,25 +7,31 @@ pool of ``RayOptions.workers``. A worker loads the model once (``Detector.from_p
 builds the prompt's text features once, decodes and detects its batch, then passes the results
 to the caller's *sink* (a picklable callable: the labeler's writes a shard file, the evaluator's
 returns COCO results) and returns the sink's rows. Ray restarts a worker that dies and runs its
-batch again (``max_restarts`` / ``max_task_retries``, Ray Data's defaults for actors).
+batch again (``max_restarts`` / ``max_task_retries``, Ray Data's defaults for actors). With
+``WorkerSpec.attempts_dir``, a worker counts its attempts at each batch in a small file there, and
+a batch that has killed ``max_attempts`` workers is not run again: its images are reported as
+errors (a poison image, an out-of-memory batch), so the job ends instead of retrying forever.
 
 ``ray`` is an optional dependency (the ``[ray]`` extra), imported only when a job starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from gdino.core.detections import Detections
+from gdino.core.files import atomic_write_text
 from gdino.core.images import load_image
-from gdino.errors import GdinoError, InputImageError
+from gdino.errors import GdinoError, InputImageError, first_line
 from gdino.infer.detector import Detector
 from gdino.infer.options import DetectOptions
 
@@ -77,6 +83,9 @@ class WorkerSpec:
         root: image names are the paths relative to this prefix (error messages, records).
         threads: torch intra-op threads of the worker.
         segmenter_factory: builds a segmenter (``segment(rgb, dets)``) in the worker; None: no masks.
+        attempts_dir: a folder all workers can write to, for counting attempts per batch; None:
+            Ray's unbounded retries.
+        max_attempts: attempts at one batch before its images are reported as errors.
     """
 
     weights: str
@@ -87,6 +96,8 @@ class WorkerSpec:
     root: str = ""
     threads: int = 1
     segmenter_factory: Callable[[], Any] | None = field(default=None)
+    attempts_dir: str | None = None
+    max_attempts: int = 3
 
 
 class DetectorWorker:
@@ -106,8 +117,27 @@ class DetectorWorker:
     def name_of(self, path: str) -> str:
         return path[len(self._prefix):] if self._prefix and path.startswith(self._prefix) else path
 
+    def _attempt(self, paths: list[str]) -> int:
+        """Count one more attempt at this batch (1 for the first); 0 without ``attempts_dir``."""
+        if self.spec.attempts_dir is None:
+            return 0
+        key = hashlib.sha1("\n".join(sorted(paths)).encode("utf-8")).hexdigest()[:20]
+        path = Path(self.spec.attempts_dir) / f"{key}.attempts"
+        try:
+            count = int(path.read_text(encoding="ascii") or 0) + 1
+        except (OSError, ValueError):
+            count = 1
+        atomic_write_text(path, str(count))
+        return count
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
+        attempt = self._attempt(paths)
+        if attempt > self.spec.max_attempts:
+            reason = (f"a worker died on each of {self.spec.max_attempts} attempts at the batch holding this image "
+                      "(out of memory? a crash while decoding?); not retried")
+            logger.error("batch of %d images from %s: %s", len(paths), self.name_of(paths[0]), reason)
+            return self.spec.sink([(p, self.name_of(p), None, f"{self.name_of(p)}: {reason}") for p in paths])
         errors: dict[str, str] = {}
         prepared = []
         for path, data in zip(paths, batch["bytes"]):
@@ -147,7 +177,8 @@ def run_on_ray(
     Ray must be connected (:func:`connect`). ``filesystem``: a ``pyarrow.fs.FileSystem`` the paths
     belong to (None: local paths or URIs).
     """
-    import ray.data  # lazy: optional dependency (the [ray] extra)
+    import ray  # lazy: optional dependency (the [ray] extra)
+    import ray.data
 
     if not paths:
         return
@@ -164,7 +195,22 @@ def run_on_ray(
         num_cpus=options.cpus_per_worker,
         num_gpus=options.gpus_per_worker or None,
     )
-    yield from ds.iter_rows()
+    try:
+        yield from ds.iter_rows()
+    except ray.exceptions.RayError as e:  # a worker raised (not died): the job stops, finished work stays
+        raise GdinoError(f"the Ray job failed: {first_line(_root_cause(e, ray.exceptions.RayError))}") from e
+
+
+def _root_cause(error: BaseException, wrapper: type) -> BaseException:
+    """The user's exception inside Ray's wrappers (``cause`` / ``__cause__`` chains)."""
+    seen = {id(error)}
+    while isinstance(error, wrapper):
+        inner = getattr(error, "cause", None) or error.__cause__
+        if inner is None or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        error = inner
+    return error
 
 
 def worker_device(device: str | None, options: RayOptions) -> str:

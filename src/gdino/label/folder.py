@@ -217,6 +217,7 @@ def prepare_state(state: Path, job: dict[str, Any], overwrite: bool) -> None:
         for name in ("journal.jsonl", "job.json"):
             (state / name).unlink(missing_ok=True)
         shutil.rmtree(state / SHARD_DIR, ignore_errors=True)
+        shutil.rmtree(state / "attempts", ignore_errors=True)
     if job_file.exists():
         try:
             old = json.loads(job_file.read_text(encoding="utf-8"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -112,6 +113,8 @@ def label_with_ray(
     prepare_state(state, job, overwrite)
     shards = state / SHARD_DIR
     shards.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(state / "attempts", ignore_errors=True)  # attempts count within one run
+    (state / "attempts").mkdir()
     done = read_shards(shards)
     todo = [p for n, p in zip(names, paths) if n not in done]
     summary = LabelSummary(total=len(names), resumed=len(names) - len(todo))
@@ -119,7 +122,7 @@ def label_with_ray(
         spec = WorkerSpec(
             weights=weights, device=worker_device(device, ray), options=opts.to_dict(), classes=tuple(classes),
             sink=ShardWriter(str(shards.resolve())), root=root, threads=ray.cpus_per_worker,
-            segmenter_factory=segmenter_factory,
+            segmenter_factory=segmenter_factory, attempts_dir=str((state / "attempts").resolve()),
         )
         started = connect(ray)
         try:
