@@ -74,14 +74,15 @@ def test_coco_and_yolo_output(folder, tmp_path, detector):
     direct = detector.detect(str(folder / "a.jpg"), CLASSES, box_threshold=0.3)[0]
     assert len(direct) == sum(a["image_id"] == a_id for a in anns)
     # YOLO: one file per readable image, "class cx cy w h" normalized, same boxes as COCO
-    lines = (out / "labels" / "a.txt").read_text().splitlines()
+    lines = (out / "labels" / "train" / "a.txt").read_text().splitlines()
     assert len(lines) == len(direct)
     first = [a for a in anns if a["image_id"] == a_id][0]
     c, cx, cy, w, h = lines[0].split()
     x, y, bw, bh = first["bbox"]
     assert int(c) == first["category_id"] - 1
     assert float(cx) == pytest.approx((x + bw / 2) / 96, abs=1e-4) and float(h) == pytest.approx(bh / 64, abs=1e-4)
-    assert (out / "labels" / "sub dir" / "chat noir é.txt").exists()
+    assert (out / "labels" / "train" / "sub dir" / "chat noir é.txt").exists()
+    assert (out / "images" / "train" / "sub dir" / "chat noir é.png").resolve() == (folder / "sub dir" / "chat noir é.png").resolve()
     assert (out / "classes.txt").read_text() == "cat\nremote control\n"
     assert "remote control" in (out / "data.yaml").read_text()
     # unreadable images are skipped, with reasons, and counted

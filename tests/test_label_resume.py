@@ -86,5 +86,5 @@ def test_sigkill_midway_then_resume(folder, tmp_path, tiny_checkpoint):
     records = [json.loads(line) for line in (out / ".gdino-label" / "journal.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(records) == len({r["file"] for r in records}) == N_IMAGES + 1
     assert json.loads((out / "skipped.json").read_text())[0]["file"] == "broken.jpg"
-    yolo = sorted(p.relative_to(out / "labels").as_posix() for p in (out / "labels").rglob("*.txt"))
+    yolo = sorted(p.relative_to(out / "labels" / "train").as_posix() for p in (out / "labels" / "train").rglob("*.txt"))
     assert yolo == sorted(n[:-4] + ".txt" for n in expected)

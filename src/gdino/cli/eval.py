@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from gdino.cli.engine import add_engine_options, ray_options, worker_device_flag
 from gdino.cli.options import add_model_options, load_detector, weights_name
 from gdino.errors import GdinoError
 
@@ -77,6 +78,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="pycocotools", choices=("pycocotools", "faster-coco-eval"), help="COCO scorer")
     p.add_argument("--out", metavar="DIR", help="write metrics.json, detections.json and PR curves into this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_engine_options(p)
 
 
 def _evaluator(args):
@@ -86,7 +88,18 @@ def _evaluator(args):
     options = EvalOptions.build(
         detect=EVAL_DETECT, **given, backend=args.backend, progress=not args.no_progress, max_images=args.max_images,
     )
+    ray = ray_options(args)
+    if ray is not None:
+        from gdino.eval.ray_predict import RayPredictor  # lazy: keeps gdino --help fast
+
+        predictor = RayPredictor(weights_name(args), ray, worker_device_flag(args))
+        return Evaluator(None, options, predictor=predictor), weights_name(args)
     return Evaluator(load_detector(args, options.detect).model, options), weights_name(args)
+
+
+def _close(evaluator) -> None:
+    if evaluator.predictor is not None:
+        evaluator.predictor.close()
 
 
 def _check_inputs(args) -> None:
@@ -113,7 +126,10 @@ def run_coco(args) -> int:
     _check_inputs(args)
     load_coco_gt(args.annotations)  # bad files fail before the model loads
     evaluator, weights = _evaluator(args)
-    result = evaluator.coco(args.annotations, args.images, out_dir=args.out)
+    try:
+        result = evaluator.coco(args.annotations, args.images, out_dir=args.out)
+    finally:
+        _close(evaluator)
     _print_detection_result(result, f"COCO box AP (%), {weights}, {result['num_images']} images", args.per_class)
     return 0
 
@@ -125,7 +141,10 @@ def run_lvis(args) -> int:
     _check_inputs(args)
     check_lvis_fields(load_coco_gt(args.annotations))
     evaluator, weights = _evaluator(args)
-    result = evaluator.lvis(args.annotations, args.images, topk_per_class=args.topk_per_class, out_dir=args.out)
+    try:
+        result = evaluator.lvis(args.annotations, args.images, topk_per_class=args.topk_per_class, out_dir=args.out)
+    finally:
+        _close(evaluator)
     _print_detection_result(result, f"LVIS Fixed AP (%), {weights}, {result['num_images']} images", args.per_class)
     return 0
 
@@ -136,7 +155,10 @@ def run_odinw(args) -> int:
 
     load_listing(args.listing)
     evaluator, weights = _evaluator(args)
-    result = evaluator.odinw(args.listing, out_dir=args.out)
+    try:
+        result = evaluator.odinw(args.listing, out_dir=args.out)
+    finally:
+        _close(evaluator)
     print(f"ODinW box AP (%), {weights}")
     print(format_table(odinw_table_rows(result["datasets"]), header=["dataset", "AP", "AP50"]))
     print(f"mean AP {percent(result['mean_AP'])}  median AP {percent(result['median_AP'])}  ({result['num_datasets']} datasets)")
@@ -148,6 +170,8 @@ def run_refcoco(args) -> int:
     from gdino.eval.report import percent
 
     _check_inputs(args)
+    if args.engine == "ray":
+        raise GdinoError("eval refcoco runs in one process; --engine ray covers coco, lvis and odinw")
     load_refs(args.annotations, args.split)
     evaluator, weights = _evaluator(args)
     result = evaluator.refcoco(args.annotations, args.images, split=args.split, out_dir=args.out)

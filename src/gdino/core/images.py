@@ -3,6 +3,7 @@
 Accepted inputs (:data:`ImageInput`):
 
 - a path (``str`` or :class:`os.PathLike`) to any file Pillow can read;
+- the bytes of such a file (``bytes``; e.g. read by Ray Data from any filesystem);
 - a :class:`PIL.Image.Image` in any mode;
 - a numpy array ``HxW`` (grayscale) or ``HxWxC`` with C in 1, 3, 4 (RGB/RGBA order), of dtype
   uint8, uint16 (scaled by 1/257), bool, or float in [0, 1];
@@ -17,12 +18,12 @@ message names the image and says what was wrong.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ IMAGE_EXTENSIONS = frozenset(
 
 _PIL_LIMIT_LOCK = threading.Lock()
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, "torch.Tensor"]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,11 @@ def load_image(
         path = os.fspath(source)
         return LoadedImage(_open_file(path, name or path, max_pixels), name or path, path)
     label = name or f"<{type(source).__name__}>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise InputImageError(f"{label}: empty file (0 bytes)")
+        return LoadedImage(_decode_checked(data, label, max_pixels), label)
     if isinstance(source, Image.Image):
         _check_pixels(source.width, source.height, label, max_pixels)
         return LoadedImage(to_rgb(ImageOps.exif_transpose(source), label), label)
@@ -118,6 +124,11 @@ def _open_file(path: str, name: str, max_pixels: int | None) -> Image.Image:
         raise InputImageError(f"{name}: cannot read ({e.strerror or e})") from e
     if size == 0:
         raise InputImageError(f"{name}: empty file (0 bytes)")
+    return _decode_checked(p, name, max_pixels)
+
+
+def _decode_checked(p: Path | bytes, name: str, max_pixels: int | None) -> Image.Image:
+    """Decode a file or its bytes; every Pillow failure becomes a one-line :class:`InputImageError`."""
     try:
         try:
             return _decode(p, name, max_pixels)
@@ -149,11 +160,11 @@ def _open_file(path: str, name: str, max_pixels: int | None) -> Image.Image:
         raise InputImageError(f"{name}: corrupt or truncated image ({msg})") from e
 
 
-def _decode(p: Path, name: str, max_pixels: int | None) -> Image.Image:
+def _decode(p: Path | bytes, name: str, max_pixels: int | None) -> Image.Image:
     with warnings.catch_warnings():
         # We apply our own pixel limit; Pillow's check would only warn below twice its limit.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(p) as img:
+        with Image.open(io.BytesIO(p) if isinstance(p, bytes) else p) as img:
             _check_pixels(img.width, img.height, name, max_pixels)
             img.load()
             return to_rgb(ImageOps.exif_transpose(img), name)

@@ -72,13 +72,18 @@ class EvalOptions:
 class Evaluator:
     """Evaluate one model on COCO, LVIS, ODinW or RefCOCO data with shared :class:`EvalOptions`."""
 
-    def __init__(self, model, options: EvalOptions | None = None, **kwargs: Any) -> None:
+    def __init__(self, model, options: EvalOptions | None = None, *, predictor: Any = None, **kwargs: Any) -> None:
+        """``predictor``: runs the model instead of this process (e.g. :class:`gdino.eval.ray_predict.RayPredictor`,
+        called as ``predictor(detect_options, gt, images_dir, image_ids, progress=, label=)``); ``model`` may then be None."""
         self.model = model
+        self.predictor = predictor
         self.options = options if options is not None else EvalOptions.build(**kwargs)
         #: the :class:`DetectionMetrics` of the last COCO/LVIS call (curves included)
         self.last_metrics: DetectionMetrics | None = None
 
     def detector(self) -> Detector:
+        if self.model is None:
+            raise GdinoError("this evaluation runs on a predictor (Ray) and has no model in this process")
         return Detector(self.model, self.options.detect)
 
     # ------------------------------------------------------------------ datasets
@@ -132,6 +137,8 @@ class Evaluator:
         return ids if self.options.max_images is None else ids[: self.options.max_images]
 
     def _predict(self, gt, images_dir, ids, label: str, desc: str) -> list[dict]:
+        if self.predictor is not None:
+            return self.predictor(self.options.detect, gt, images_dir, ids, progress=self.options.progress, label=label)
         return predict_dataset(
             self.detector(), gt, images_dir, image_ids=ids,
             progress=self.options.progress, label=label, desc=desc,

@@ -88,8 +88,12 @@ def _class_prompt(tokenizer, classes: list[str], max_text_len: int) -> Prompt:
     for ch in chunk_classes(tokenizer, classes, max_text_len):
         pm = positive_map(ch.token_spans, max_text_len, normalize=True)
         chunks.append(PromptChunk(ch.caption, tuple(ch.class_indices), pm))
-    names = tuple(" ".join(c.split()) for c in classes)
-    return Prompt("classes", names, tuple(chunks))
+    return Prompt("classes", class_names_of(classes), tuple(chunks))
+
+
+def class_names_of(classes: Sequence[str]) -> tuple[str, ...]:
+    """The ``class_names`` a class-list :class:`Prompt` reports (whitespace collapsed); no tokenizer needed."""
+    return tuple(" ".join(c.split()) for c in classes)
 
 
 def _phrase_prompt(tokenizer, text: str, max_text_len: int) -> Prompt:

@@ -3,8 +3,9 @@
 Output folder layout::
 
     OUT/annotations.json            COCO: images, categories, annotations (with "score")
-    OUT/labels/<image path>.txt     YOLO (with format "yolo"): "class cx cy w h", normalized
-    OUT/data.yaml, OUT/classes.txt  YOLO class names
+    OUT/images/train/<image path>   YOLO (with format "yolo"): links to the source images
+    OUT/labels/train/<image path>.txt   "class cx cy w h", normalized (see gdino.label.yolo)
+    OUT/data.yaml, OUT/classes.txt  the Ultralytics dataset file and the class names
     OUT/skipped.json                images that could not be read, with the reason
     OUT/.gdino-label/job.json       the job's settings (a resume must use the same ones)
     OUT/.gdino-label/journal.jsonl  one line per finished image: the source of truth
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,17 +31,18 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gdino.core.detections import Detections
 from gdino.core.files import atomic_write_text
 from gdino.core.images import find_images
-from gdino.core.rle import encode_mask
 from gdino.errors import GdinoError, InputImageError
 from gdino.infer.detector import Detector
 from gdino.infer.options import DetectOptions
+from gdino.label.dataset import detection_record, write_dataset
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = ".gdino-label"
+#: the Ray engine's result shards, under STATE_DIR
+SHARD_DIR = "shards"
 FORMATS = ("coco", "yolo")
 #: options that change how fast a job runs, not what it writes: a resume may change them
 RUN_ONLY_OPTIONS = ("batch_size",)
@@ -161,14 +164,9 @@ def label_folder(
         raise InputImageError(f"{root}: no images found (looked for .jpg, .png, .webp, ... recursively)")
     prompt = detector.prompt(list(classes))
     opts = options or detector.options
-    job = {
-        "classes": list(prompt.class_names),
-        "options": {k: v for k, v in opts.to_dict().items() if k not in RUN_ONLY_OPTIONS},
-        "masks": segmenter is not None,
-        **(settings or {}),
-    }
+    job = job_settings(prompt.class_names, opts, segmenter is not None, settings)
     state = out / STATE_DIR
-    _prepare_state(state, job, overwrite)
+    prepare_state(state, job, overwrite)
     journal = Journal(state / "journal.jsonl")
     rel = {f: f.relative_to(root).as_posix() for f in files}
     summary = LabelSummary(total=len(files))
@@ -181,25 +179,45 @@ def label_folder(
     )
     try:
         for (name, _), dets in detector.run(_loaded(detector, opts, prompt, todo, rel, journal, bar, workers), opts, segmenter):
-            journal.add(_record(name, dets))
+            journal.add(detection_record(name, dets))
             summary.labeled += 1
             bar.update(1)
     finally:
         bar.close()
         journal.close()
 
-    summary.outputs = write_dataset(out, root, files, rel, journal.records, list(prompt.class_names), formats, job)
+    names = [rel[f] for f in files]
+    summary.outputs = write_dataset(out, str(root.resolve()), names, journal.records, prompt.class_names, formats, job)
     summary.skipped = [(r["file"], r["error"]) for r in (journal.records.get(rel[f]) for f in files) if r and "error" in r]
     summary.detections = sum(len(r.get("detections", [])) for r in journal.records.values())
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _prepare_state(state: Path, job: dict[str, Any], overwrite: bool) -> None:
+def job_settings(
+    class_names: Sequence[str], options: DetectOptions, masks: bool, settings: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What ``job.json`` records (both engines): a resume must have the same."""
+    return {
+        "classes": list(class_names),
+        "options": {k: v for k, v in options.to_dict().items() if k not in RUN_ONLY_OPTIONS},
+        "masks": masks,
+        **(settings or {}),
+    }
+
+
+def prepare_state(state: Path, job: dict[str, Any], overwrite: bool) -> None:
+    """Create ``state/job.json``, or check that the one there has the same settings.
+
+    Args:
+        overwrite: delete the earlier job's files (journal, job.json and the Ray engine's shards).
+    """
     job_file = state / "job.json"
     if overwrite and state.exists():
         for name in ("journal.jsonl", "job.json"):
             (state / name).unlink(missing_ok=True)
+        shutil.rmtree(state / SHARD_DIR, ignore_errors=True)
+        shutil.rmtree(state / "attempts", ignore_errors=True)
     if job_file.exists():
         try:
             old = json.loads(job_file.read_text(encoding="utf-8"))
@@ -258,106 +276,3 @@ def _loaded(detector: Detector, opts: DetectOptions, prompt, todo: list[Path], r
                 bar.update(1)
                 continue
             yield (rel[path], prepared.loaded), prepared, prompt
-
-
-def _record(name: str, dets: Detections) -> dict[str, Any]:
-    w, h = dets.image_size
-    items = []
-    for i in range(len(dets)):
-        d: dict[str, Any] = {
-            "box": [round(v, 2) for v in dets.xyxy[i].tolist()],
-            "score": round(float(dets.scores[i]), 5),
-            "class_id": int(dets.class_ids[i]),
-        }
-        if dets.masks is not None:
-            d["mask"] = encode_mask(dets.masks[i].numpy())
-            d["mask_area"] = int(dets.masks[i].sum())
-        if dets.mask_scores is not None:
-            d["mask_score"] = round(float(dets.mask_scores[i]), 5)
-        items.append(d)
-    return {"file": name, "width": w, "height": h, "detections": items}
-
-
-def write_dataset(
-    out: Path,
-    root: Path,
-    files: list[Path],
-    rel: dict[Path, str],
-    records: dict[str, dict[str, Any]],
-    class_names: list[str],
-    formats: Sequence[str],
-    job: dict[str, Any],
-) -> list[str]:
-    """Rebuild the dataset files from journal records (in folder order); returns their paths."""
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    for f in files:
-        rec = records.get(rel[f])
-        if rec is None:
-            continue
-        if "error" in rec:
-            skipped.append({"file": rec["file"], "reason": rec["error"]})
-            continue
-        image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": rec["file"], "width": rec["width"], "height": rec["height"]})
-        for d in rec["detections"]:
-            x0, y0, x1, y1 = d["box"]
-            ann = {
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": d["class_id"] + 1,
-                "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
-                "area": round(max(x1 - x0, 0) * max(y1 - y0, 0), 2),
-                "iscrowd": 0,
-                "score": d["score"],
-            }
-            if "mask" in d:
-                ann["segmentation"] = d["mask"]
-                ann["area"] = d.get("mask_area", ann["area"])
-            if "mask_score" in d:
-                ann["mask_score"] = d["mask_score"]
-            annotations.append(ann)
-    coco = {
-        "info": {
-            "description": "labeled by gdino label",
-            "image_root": str(root.resolve()),
-            "date_created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "settings": job,
-        },
-        "images": images,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "object"} for i, n in enumerate(class_names)],
-        "annotations": annotations,
-    }
-    written = [out / "annotations.json", out / "skipped.json"]
-    atomic_write_text(out / "annotations.json", json.dumps(coco, ensure_ascii=False))
-    atomic_write_text(out / "skipped.json", json.dumps(skipped, indent=1, ensure_ascii=False))
-    if "yolo" in formats:
-        written += _write_yolo(out, root, images, annotations, class_names)
-    return [str(p) for p in written]
-
-
-def _write_yolo(out: Path, images_root: Path, images: list[dict], annotations: list[dict], class_names: list[str]) -> list[Path]:
-    """YOLO txt files mirroring the image folder under ``out/labels`` (one per image, empty if none)."""
-    by_image: dict[int, list[dict]] = {}
-    for a in annotations:
-        by_image.setdefault(a["image_id"], []).append(a)
-    seen: dict[Path, str] = {}
-    for img in images:
-        w, h = img["width"], img["height"]
-        lines = []
-        for a in by_image.get(img["id"], []):
-            x, y, bw, bh = a["bbox"]
-            lines.append(
-                f"{a['category_id'] - 1} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}"
-            )
-        target = out / "labels" / Path(img["file_name"]).with_suffix(".txt")
-        if target in seen:
-            logger.warning("YOLO labels of %s and %s share %s; the last one wins", seen[target], img["file_name"], target)
-        seen[target] = img["file_name"]
-        atomic_write_text(target, "".join(line + "\n" for line in lines))
-    names = "".join(f"  {i}: {json.dumps(n, ensure_ascii=False)}\n" for i, n in enumerate(class_names))
-    root = json.dumps(str(Path(images_root).resolve()), ensure_ascii=False)
-    atomic_write_text(out / "data.yaml", f"path: {root}\ntrain: .\nval: .\nnames:\n{names}")
-    atomic_write_text(out / "classes.txt", "".join(n + "\n" for n in class_names))
-    return [out / "labels", out / "data.yaml", out / "classes.txt"]
