@@ -129,6 +129,9 @@ class Guard:
 
         key = self.service.config.api_key
         request = Request(scope)
+        counted = scope["path"] != "/metrics"
+        if counted:
+            self.service.metrics.in_flight.inc()
         try:
             if key is not None and needs_key(request) and not key_matches(request, key):
                 refusal = JSONResponse(
@@ -139,6 +142,8 @@ class Guard:
             else:
                 await self.app(scope, receive, tracking)
         finally:
+            if counted:
+                self.service.metrics.in_flight.dec()
             label = getattr(scope.get("route"), "path", "unmatched")
             self.service.metrics.requests.labels(label, str(status)).inc()
             self.service.metrics.latency.labels(label).observe(time.perf_counter() - start)

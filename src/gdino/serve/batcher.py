@@ -76,7 +76,11 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        """Requests waiting (the one a pending queue read already took included)."""
+        if self._queue is None:
+            return 0
+        taken = self._pending_get is not None and self._pending_get.done()
+        return self._queue.qsize() + int(taken)
 
     def in_model_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """Run ``fn`` in the model's thread (warm-up, work that must not race the batches)."""

@@ -9,7 +9,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 class Metrics:
     """``gdino_requests_total{route,status}``, ``gdino_request_seconds{route}``,
-    ``gdino_batch_size``, ``gdino_queue_depth``, ``gdino_forward_seconds``."""
+    ``gdino_batch_size``, ``gdino_queue_depth``, ``gdino_forward_seconds``, ``gdino_requests_in_flight``."""
 
     def __init__(self, max_batch: int) -> None:
         self.registry = CollectorRegistry()
@@ -29,6 +29,8 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge("gdino_queue_depth", "requests waiting for the model", registry=self.registry)
+        self.in_flight = Gauge("gdino_requests_in_flight", "requests being answered (/metrics excluded)",
+                               registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
