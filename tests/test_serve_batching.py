@@ -185,6 +185,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a subprocess start (torch import, model load): ~40 s on the shared 2-core machine
 def test_sigterm_drains_requests_in_flight(tiny_checkpoint, jpeg):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
@@ -211,7 +212,8 @@ def test_sigterm_drains_requests_in_flight(tiny_checkpoint, jpeg):
             proc.send_signal(signal.SIGTERM)
             statuses = [f.result().status_code for f in futures]
         assert statuses == [200, 200, 200]
-        assert proc.wait(60) == 0
+        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its shutdown
+        assert "Finished server process" in proc.stdout.read()
         with pytest.raises(httpx.TransportError):
             httpx.get(url + "/healthz")
     finally:
