@@ -75,6 +75,7 @@ def test_batched_results_equal_alone(tiny_model, jpeg):
             assert r.status_code == 200, r.text
             alone.append(r.json())
         assert set(batcher.batch_sizes) == {1}
+        encodes = app.state.service.detector.stats["text_encodes"]
         with ThreadPoolExecutor(len(REQUESTS) + 1) as pool, gate(app) as (release, started):
             first = pool.submit(detect, url, jpeg, REQUESTS[0])  # occupies the model thread...
             assert started.wait(30)
@@ -87,6 +88,7 @@ def test_batched_results_equal_alone(tiny_model, jpeg):
             batched = [f.result().json() for f in rest]
             assert first.result().status_code == 200
         assert batcher.batch_sizes[len(REQUESTS)] == 1  # the four prompts ran in one forward
+        assert app.state.service.detector.stats["text_encodes"] == encodes  # repeated prompts: cached text
         metrics = httpx.get(url + "/metrics").text
         assert f'gdino_batch_size_bucket{{le="{len(REQUESTS)}.0"}}' in metrics
     for a, b in zip(alone, batched):
