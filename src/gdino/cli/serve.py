@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, default=64, metavar="N", help="requests that may wait; more get 429 (default 64)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="answer 504 after S seconds (default 30)")
     p.add_argument("--max-body-mb", type=float, default=20.0, metavar="MB", help="largest request body (default 20 MB)")
-    p.add_argument("--max-pixels", type=int, metavar="N", help="largest image in pixels (default 100M)")
+    p.add_argument("--max-pixels", type=int, metavar="N", help="largest image in pixels (default 16384 x 16384)")
     p.add_argument("--max-classes", type=int, default=256, metavar="N", help="longest class list (default 256)")
     p.add_argument("--max-prompt-tokens", type=int, default=1024, metavar="N", help="longest prompt in tokens (default 1024)")
     p.add_argument("--api-key", default=None,
