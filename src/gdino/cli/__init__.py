@@ -12,12 +12,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gdino.cli import convert, detect, label, segment, train
+from gdino.cli import convert, detect, label, segment, serve, train
 from gdino.cli import eval as evaluate
 from gdino.errors import GdinoError
 
 #: modules whose ``register(subparsers)`` adds a command, in help order
-COMMANDS = (detect, label, segment, evaluate, train, convert)
+COMMANDS = (detect, label, segment, evaluate, train, convert, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

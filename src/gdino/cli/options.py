@@ -159,19 +159,10 @@ def run_images(detector: Any, loaded: list, prompt: Any, options: Any, desc: str
 def result_document(
     weights: str, prompt: Any, args: argparse.Namespace, options: Any, results: list, errors: list, extra: dict | None = None
 ) -> dict[str, Any]:
-    """The JSON document of ``gdino detect`` / ``gdino segment`` (and the service's results)."""
-    classes_mode = prompt.mode == "classes"
-    doc = {
-        "weights": weights,
-        **(extra or {}),
-        "mode": prompt.mode,
-        "prompt": None if classes_mode else args.prompt,
-        "classes": list(prompt.class_names),
-        "settings": options.to_dict(),
-        "results": [r.to_dict() for r in results],
-        "errors": errors,
-    }
-    return {k: v for k, v in doc.items() if v is not None}
+    """The JSON document of ``gdino detect`` / ``gdino segment`` (:func:`gdino.infer.report.result_document`)."""
+    from gdino.infer.report import result_document as build  # lazy: keeps gdino --help fast
+
+    return build(weights, prompt, args.prompt, options, results, errors, extra)
 
 
 def write_document(doc: dict[str, Any], out: str | None) -> None:
