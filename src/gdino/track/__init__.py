@@ -1,0 +1,1 @@
+"""Text-prompted multi-object tracking in video (``gdino track``)."""
