@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=int, default=0, metavar="S", help="first source frame (from 0)")
     p.add_argument("--end", type=int, default=None, metavar="E", help="stop before this source frame")
     p.add_argument("--stride", type=int, default=1, metavar="K", help="process every K-th frame (default 1)")
+    p.add_argument("--chunk", type=int, default=32, metavar="N",
+                   help="boxes mode: frames per journal record, the unit a resumed run keeps (default 32)")
     p.add_argument("--draw", action="store_true", help="also write tracks.mp4 with boxes/masks, ids and labels")
     p.add_argument("--track-threshold", type=float, default=None, metavar="T",
                    help="boxes mode: a detection must score T to start a track or be matched first (default 0.4)")
@@ -75,7 +77,7 @@ def run_track(args: argparse.Namespace) -> int:
     if args.lost_frames is not None:
         bt["lost_track_buffer"] = args.lost_frames
     settings = TrackSettings(
-        args.mode, args.start, args.end, args.stride,
+        args.mode, args.start, args.end, args.stride, args.chunk,
         bytetrack=ByteTrackSettings(**bt), masks=MaskSettings(detect_every=args.detect_every),
     )
     classes = parse_classes(args.classes) if args.classes is not None else None

@@ -110,7 +110,7 @@ def track_video(
         "mode": prompt.mode,
         "classes": list(prompt.class_names),
         "options": {k: v for k, v in opts.to_dict().items() if k not in RUN_ONLY_OPTIONS},
-        "tracking": settings.to_dict(),
+        "tracking": {k: v for k, v in settings.to_dict().items() if k != "chunk"},  # any chunking replays the same
         **(extra or {}),
     }
     state_dir = out / STATE_DIR

@@ -7,14 +7,14 @@ sort order. ``start``/``end``/``stride`` pick source frames ``start, start + str
 frame indices always count every frame of the source from 0.
 
 A video that stops decoding part-way (a truncated download, a corrupt packet) ends the stream at
-the last readable frame with one warning (:attr:`VideoSource.warning`); a source that cannot be
+the last readable frame and sets a one-line :attr:`VideoSource.warning` (logged by
+:func:`gdino.track.track`, printed by ``gdino track``); a source that cannot be
 opened, has no video stream, uses a codec this FFmpeg build cannot decode, or yields no frame at
 all raises :class:`gdino.errors.InputVideoError`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -25,8 +25,6 @@ import numpy as np
 
 from gdino.core.images import find_images, load_image
 from gdino.errors import GdinoError, InputImageError
-
-logger = logging.getLogger(__name__)
 
 
 class InputVideoError(GdinoError):
@@ -137,12 +135,10 @@ class VideoSource:
                 img = load_image(file).image
             except InputImageError as e:
                 self.warning = f"frame {index} unreadable ({e}); stopped there"
-                logger.warning("%s", self.warning)
                 return
             arr = np.asarray(img)
             if (arr.shape[1], arr.shape[0]) != (self.info.width, self.info.height):
                 self.warning = f"frame {index} ({file.name}) has another size than frame 0; stopped there"
-                logger.warning("%s", self.warning)
                 return
             yield Frame(index, arr, index / self.info.fps)
 
@@ -169,6 +165,8 @@ class VideoSource:
             if width <= 0 or height <= 0:
                 raise InputVideoError(f"{source}: the video stream has no frame size (unsupported codec?)")
             frames = int(stream.frames) if stream.frames else None
+            if frames is None and container.duration and kind == "video":  # e.g. Matroska: from the duration
+                frames = int(round(container.duration / 1_000_000 * float(rate)))
             return VideoInfo(source, kind, width, height, float(rate), frames, name)
         finally:
             container.close()
@@ -189,7 +187,6 @@ class VideoSource:
                     break
                 except (av.FFmpegError, OSError, ValueError) as e:
                     self.warning = f"decoding stopped after frame {index} ({_short(e)}); tracked up to there"
-                    logger.warning("%s", self.warning)
                     return
                 index += 1
                 if self.range.done(index):
@@ -198,7 +195,6 @@ class VideoSource:
                     continue
                 if (frame.width, frame.height) != (self.info.width, self.info.height):
                     self.warning = f"frame {index} changes size to {frame.width}x{frame.height}; stopped there"
-                    logger.warning("%s", self.warning)
                     return
                 t = float(frame.pts * base) if frame.pts is not None and base is not None else index / self.info.fps
                 yield Frame(index, frame.to_ndarray(format="rgb24"), t)
@@ -208,7 +204,6 @@ class VideoSource:
         last_wanted = expected if self.range.end is None or expected is None else min(expected, self.range.end)
         if self.info.kind == "video" and expected and index + 1 < last_wanted and self.warning is None:
             self.warning = f"the video ended after {index + 1} of {expected} frames (truncated?); tracked up to there"
-            logger.warning("%s", self.warning)
 
 
 def import_av():

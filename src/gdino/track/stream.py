@@ -16,6 +16,7 @@ so the loop works on live streams. Chunks (:class:`Chunk`) carry what a resumabl
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +33,8 @@ from gdino.track.boxes import BoxTracker, ByteTrackSettings
 from gdino.track.masks import MaskSettings, MaskTracker
 from gdino.track.results import FrameTracks
 from gdino.track.source import Frame, FrameRange, VideoSource
+
+logger = logging.getLogger(__name__)
 
 MODES = ("boxes", "masks")
 
@@ -217,6 +220,8 @@ def track(
     source = VideoSource(video, settings.frame_range)
     for chunk in iter_chunks(detector, source, prompt, opts, settings, sam2=sam2, keep_images=keep_images):
         yield from chunk.frames
+    if source.warning:
+        logger.warning("%s: %s", video, source.warning)
 
 
 def iter_chunks(detector: Detector, source: VideoSource, prompt: Prompt, options: DetectOptions, settings: TrackSettings,

@@ -94,25 +94,25 @@ def annotated_frames(source: VideoSource, frames: dict[int, FrameTracks]) -> Ite
             yield draw_frame(frame.image, tracks)
 
 
-def write_mp4(path: Path, images: Iterable[np.ndarray], fps: float, *, crf: int = 18) -> Path:
-    """Encode RGB frames as H.264 (yuv420p, even sizes) into ``path`` atomically."""
+def write_mp4(path: Path, images: Iterable[np.ndarray], fps: float, *, crf: int = 18, container: str = "mp4") -> Path:
+    """Encode RGB frames as H.264 (yuv420p, even sizes) into ``path`` atomically (``container``: an FFmpeg format)."""
     av = import_av()
     with atomic_path(path, fsync=False) as tmp:
-        container = av.open(str(tmp), mode="w", format="mp4")
+        output = av.open(str(tmp), mode="w", format=container)
         stream = None
         try:
             for image in images:
                 if stream is None:
-                    stream = container.add_stream("libx264", rate=max(1, int(round(fps))))
+                    stream = output.add_stream("libx264", rate=max(1, int(round(fps))))
                     stream.width, stream.height = max(2, image.shape[1] // 2 * 2), max(2, image.shape[0] // 2 * 2)
                     stream.pix_fmt = "yuv420p"
                     stream.options = {"crf": str(crf), "preset": "veryfast"}
                 crop = np.ascontiguousarray(image[: stream.height, : stream.width])
                 for packet in stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")):
-                    container.mux(packet)
+                    output.mux(packet)
             if stream is not None:
                 for packet in stream.encode():
-                    container.mux(packet)
+                    output.mux(packet)
         finally:
-            container.close()
+            output.close()
     return path
