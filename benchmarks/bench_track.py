@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--box-threshold", type=float, default=0.3)
     p.add_argument("--track-threshold", type=float, default=0.4)
+    p.add_argument("--max-detections", type=int, default=10)
     p.add_argument("--detect-every", type=int, default=10)
     p.add_argument("--sam2", default="random", help="masks mode: a SAM 2 segmenter name, or 'random'")
     p.add_argument("--sam2-weights", default=None)
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 for ft in frames for o in ft.objects]
 
     modes = a.modes.split(",")
-    det = Detector.from_pretrained(a.weights, device="cpu", image_size=a.image_size, box_threshold=a.box_threshold)
+    det = Detector.from_pretrained(a.weights, device="cpu", image_size=a.image_size, box_threshold=a.box_threshold,
+                                  max_detections=a.max_detections)
     if "boxes" in modes:
         t0 = time.perf_counter()
         frames = list(track(det, video, classes, bytetrack=bt))

@@ -66,7 +66,7 @@ def run_track(args: argparse.Namespace) -> int:
     options = detect_options(args)
     check_prompt(args)
     masks = args.mode == "masks"
-    segmenter_name = args.segmenter or ("sam2.1-hiera-t" if masks else None)
+    segmenter_name: str = args.segmenter or "sam2.1-hiera-t"
     if not masks and (args.segmenter or args.segmenter_weights):
         raise GdinoError("--segmenter and --segmenter-weights only apply with --mode masks")
     if masks and not canonical_name(segmenter_name).startswith("sam2"):

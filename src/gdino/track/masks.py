@@ -209,8 +209,7 @@ class MaskTracker:
         """SAM 2's mask for every detection box on the key frame, ``[D, H, W]`` bool."""
         if len(boxes) == 0:
             return np.zeros((0, height, width), dtype=bool)
-        logits = None
-        for j, box in enumerate(boxes):
+        for j, box in enumerate(boxes):  # each call returns the masks of every object so far
             _, _, logits = self.predictor.add_new_points_or_box(state, frame_idx=0, obj_id=j, box=box)
         return (logits[:, 0] > 0.0).cpu().numpy()
 

@@ -201,8 +201,10 @@ class VideoSource:
         finally:
             container.close()
         expected = self.info.frames
-        last_wanted = expected if self.range.end is None or expected is None else min(expected, self.range.end)
-        if self.info.kind == "video" and expected and index + 1 < last_wanted and self.warning is None:
+        if self.info.kind != "video" or not expected or self.warning is not None:
+            return
+        last_wanted = expected if self.range.end is None else min(expected, self.range.end)
+        if index + 1 < last_wanted:
             self.warning = f"the video ended after {index + 1} of {expected} frames (truncated?); tracked up to there"
 
 
