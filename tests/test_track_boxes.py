@@ -101,6 +101,31 @@ def test_cli_bad_input_is_one_line(video, tiny_checkpoint, tmp_path, capsys):
     assert "gdino track: error: video not found" in capsys.readouterr().err
     assert main(_args(video, tiny_checkpoint, tmp_path / "o3", "--segmenter", "sam2.1-hiera-t")) == 2
     assert "only apply with --mode masks" in capsys.readouterr().err
+    assert main(_args(video, tiny_checkpoint, tmp_path / "o4", "--mode", "masks", "--segmenter", "sam-vit-b")) == 2
+    assert "needs a SAM 2 segmenter" in capsys.readouterr().err
+    assert main(_args(video, tiny_checkpoint, tmp_path / "o5", "--stride", "0")) == 2
+    assert "bad frame range" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_masks_mode_with_released_size_sam2(video, tiny_checkpoint, tmp_path):
+    """``--mode masks`` end to end with a full-size (random) sam2.1-hiera-t given as --segmenter-weights."""
+    pytest.importorskip("sam2", reason="sam2 (in [sam2])")
+    from gdino.segment.sam2_backend import SAM2_CONFIGS, build_sam2_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "sam2.pt"
+    torch.save({"model": build_sam2_model(SAM2_CONFIGS["sam2.1-hiera-t"]).state_dict()}, weights)
+    out = tmp_path / "masks"
+    args = _args(video, tiny_checkpoint, out, "--mode", "masks", "--segmenter", "sam2.1-hiera-t",
+                 "--segmenter-weights", str(weights), "--detect-every", "2", "--end", "4", "--max-detections", "2", "--draw")
+    assert main(args) == 0
+    doc = json.loads((out / "tracks.json").read_text())
+    assert doc["tracking_mode"] == "masks" and [f["frame"] for f in doc["frames"]] == [0, 1, 2, 3]
+    for f in doc["frames"]:
+        for o in f["objects"]:
+            assert o["mask"]["size"] == [80, 96]
+    assert (out / "tracks.mp4").stat().st_size > 0
 
 
 def test_truncated_video_tracks_what_is_readable(tiny_checkpoint, tmp_path, capsys):
