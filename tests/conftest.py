@@ -92,3 +92,17 @@ def chelsea_jpg(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("img") / "chelsea.jpg"
     Image.fromarray(data.chelsea()).save(path, quality=95)
     return path
+
+
+#: Hydra overrides that shrink SAM 2.1 hiera-t into a fast random test model (image size 256)
+SMALL_SAM2 = [
+    "++model.image_size=256",
+    "++model.image_encoder.trunk.embed_dim=16",
+    "++model.image_encoder.trunk.num_heads=1",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
+    "++model.image_encoder.trunk.window_spec=[8,4,4,4]",
+    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+    "++model.memory_attention.num_layers=1",
+]

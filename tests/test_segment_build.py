@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_
+from conftest import SMALL_SAM2, randomize_
 
 pytest.importorskip("segment_anything", reason="segment-anything (in [dev] / [sam])")
 
@@ -125,17 +125,6 @@ def test_segmenter_dtype(tiny_state, tmp_path):
 
 
 # ------------------------------------------------------------------ SAM 2 (optional extra)
-SMALL_SAM2 = [  # a small Hiera trunk (the released tiny one takes ~4 s per image here)
-    "++model.image_size=256",
-    "++model.image_encoder.trunk.embed_dim=16",
-    "++model.image_encoder.trunk.num_heads=1",
-    "++model.image_encoder.trunk.stages=[1,1,2,1]",
-    "++model.image_encoder.trunk.global_att_blocks=[3]",
-    "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
-    "++model.image_encoder.trunk.window_spec=[8,4,4,4]",
-    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
-    "++model.memory_attention.num_layers=1",
-]
 
 
 def test_sam2_segmenter_small_model(tmp_path):
@@ -155,6 +144,18 @@ def test_sam2_segmenter_small_model(tmp_path):
     assert out.masks.shape == (3, h, w) and out.masks.dtype == torch.bool
     assert out.mask_scores.shape == (3,) and torch.isfinite(out.mask_scores).all()
     assert len(calls) == 1 and seg.stats == {"image_encodes": 1, "decoder_calls": 1}
+    # the same masks as the package's own SAM2ImagePredictor for the same image and boxes
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    ref = SAM2ImagePredictor(model)
+    s = int(model.image_size)  # the package hard-codes feature sizes for 1024-pixel models
+    ref._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    ref.set_image(img)
+    ref_masks, ref_iou, _ = ref.predict(box=boxes.numpy(), multimask_output=False)
+    ref_masks = torch.from_numpy(ref_masks[:, 0] > 0.5)
+    assert 0.01 < out.masks.float().mean() < 0.99  # not a comparison of empty (or full) masks
+    assert (out.masks != ref_masks).float().mean() <= 1e-4
+    torch.testing.assert_close(out.mask_scores, torch.from_numpy(ref_iou[:, 0]).float(), rtol=1e-4, atol=1e-5)
     multi = Sam2Segmenter(model, multimask=True)
     assert multi.segment(img, dets).mask_scores.shape == (3,)
     empty = seg.segment(img, Detections.empty((w, h)))
