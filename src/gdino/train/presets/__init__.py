@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from gdino.errors import GdinoError
-from gdino.train.config import (
+from gdino.train.sections import (
     CheckpointSection,
     DataSection,
     EvalSection,
