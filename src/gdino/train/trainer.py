@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gdino.errors import GdinoError
+from gdino.text.tokenize import tokenize
 from gdino.train.checkpointing import LoopState, averaged_model, export_weights, resume_run, save_run
 from gdino.train.config import save_config
 from gdino.train.data_order import EpochBatches, SeededDataset
@@ -47,16 +49,25 @@ class TrainForward(nn.Module):
         self.model = model
         self.denoising = denoising  # a gdino.train.denoising.DenoisingConfig, or None for off
 
-    def forward(self, pixel_values: Tensor, pixel_mask: Tensor, captions: list[str], targets: list) -> tuple[Any, Any]:
+    def forward(
+        self, pixel_values: Tensor, pixel_mask: Tensor, captions: list[str], targets: list
+    ) -> tuple[Any, Any, int]:
+        """Returns the model output, the denoising meta (or None) and the longest prompt's token
+        count. Captions are tokenized on the host, so the prompt lengths need no device read;
+        ``targets`` may stay on the host too (the denoising noise is drawn there)."""
         m = self.model
-        text_features = m.encode_text(m.tokenize(captions))
+        if m.tokenizer is None:
+            raise GdinoError("the model has no tokenizer attached: training needs one")
+        text = tokenize(m.tokenizer, list(captions), m.config.max_text_len)
+        text_features = m.encode_text(text.to(pixel_values.device))
         image_features = m.encode_image(pixel_values, pixel_mask)
         dn = meta = None
         if self.denoising is not None:
-            built = build_denoising(targets, text_features, m.config.num_queries, self.denoising)
+            lens = text.attention_mask.sum(1).tolist()  # a host tensor: no sync
+            built = build_denoising(targets, text_features, m.config.num_queries, self.denoising, valid_lens=lens)
             if built is not None:
                 dn, meta = built
-        return m.forward_features(image_features, text_features, dn), meta
+        return m.forward_features(image_features, text_features, dn), meta, text.input_ids.shape[1]
 
 
 # ---------------------------------------------------------------------------------------- the loop
@@ -98,7 +109,9 @@ class Trainer:
         dn = None
         if cfg.loss.denoising:
             eps = getattr(getattr(model, "config", None), "inverse_sigmoid_eps", 1e-3)
-            dn = DenoisingConfig(cfg.loss.dn_number, cfg.loss.dn_label_noise, cfg.loss.dn_box_noise, eps)
+            dn = DenoisingConfig(
+                cfg.loss.dn_number, cfg.loss.dn_label_noise, cfg.loss.dn_box_noise, eps, cfg.loss.dn_max_groups
+            )
         self.forward_module: nn.Module = TrainForward(self.model, dn)
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -145,36 +158,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Any) -> dict[str, float]:
-        """Forward, loss, backward, clip, step; returns the loss terms as floats."""
-        batch = batch.to(self.device)
+        """Forward, loss, backward, clip, step; returns the loss terms (and the grad norm) as floats.
+
+        Host syncs per step, whatever the batch size or layer count: one device-to-host copy of
+        every layer's matching costs (scipy's Hungarian runs on the host) and one of the loss
+        values with the grad norm (the NaN check, before the optimizer step); one all-reduce
+        more in a multi-process job. Held by tests/test_train_syncs.py.
+        """
+        host_targets = batch.targets
+        batch = batch.to(self.device, non_blocking=True)
         self.model.train()
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
         )
         with autocast:
-            output, meta = self.forward_module(batch.pixel_values, batch.pixel_mask, batch.captions, batch.targets)
-        losses = self.criterion(output, batch.targets, meta)
+            output, meta, text_len = self.forward_module(batch.pixel_values, batch.pixel_mask, batch.captions, host_targets)
+        losses = self.criterion(output, batch.targets, meta, text_len=text_len)
         loss = losses["total"]
-        if any_rank(not bool(torch.isfinite(loss)), self.dist, self.device):
-            where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at step {self.state.step + 1} (epoch {self.state.epoch}){where}; "
-                "lower optim.lr, raise schedule.warmup_steps or use optim.amp=bf16"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip) if self.cfg.optim.grad_clip > 0 else None
+        names = list(losses)
+        stats = [losses[k].detach().float() for k in names]
+        if grad_norm is not None:
+            names.append("grad_norm")
+            stats.append(grad_norm.detach().float())
+        values = torch.stack(stats).tolist()  # the one sync for the values
+        total = values[names.index("total")]
+        if any_rank(not math.isfinite(total), self.dist, self.device):
+            where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
+            raise TrainingDiverged(
+                f"loss is {total} at step {self.state.step + 1} (epoch {self.state.epoch}){where}; "
+                "lower optim.lr, raise schedule.warmup_steps or use optim.amp=bf16"
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        out = {k: float(v.detach()) for k, v in losses.items()}
-        if grad_norm is not None:
-            out["grad_norm"] = float(grad_norm)
-        return out
+        return dict(zip(names, values))
 
     # ------------------------------------------------------------------ the loop
     def total_steps(self) -> int:
