@@ -19,7 +19,8 @@ from gdino.config import get_preset
 from gdino.data.collate import collate
 from gdino.data.dataset import build_dataset
 from gdino.data.prompts import PromptConfig
-from gdino.data.synthetic import SyntheticConfig, generate
+from gdino.data.synthetic import generate
+from gdino.data.synthetic_variants import variant_config
 from gdino.data.transforms import TransformConfig, build_eval_transform, build_train_transform
 from gdino.errors import GdinoError
 from gdino.model.grounding_dino import build_model as build
@@ -28,6 +29,7 @@ from gdino.train.checkpointing import LoopState
 from gdino.train.config import DataSection, ModelSection, TrainConfig
 from gdino.train.criterion import SetCriterion, get_loss_weights
 from gdino.train.distributed import DistInfo, init_distributed, seed_everything
+from gdino.train.replay import replay_annotations
 from gdino.train.trainer import Trainer, close_writer
 from gdino.weights.load import load_model
 from gdino.weights.strict import load_state_dict_strict
@@ -105,7 +107,10 @@ def build_model(cfg: ModelSection) -> torch.nn.Module:
 def synthetic_data(cfg: DataSection, out: Path, seed: int) -> DataSection:
     """Generate the synthetic dataset under ``out`` (once) and point the data section at it."""
     total = cfg.synthetic + cfg.synthetic_val
-    syn = SyntheticConfig(num_images=total, size=cfg.synthetic_size, seed=seed, val_fraction=cfg.synthetic_val / total, formats=("coco",))
+    size = {"size": cfg.synthetic_size} if cfg.synthetic_size > 0 else {}
+    syn = variant_config(
+        cfg.synthetic_variant, num_images=total, seed=seed, val_fraction=cfg.synthetic_val / total, formats=("coco",), **size
+    )
     if not (out / "train.json").is_file():
         generate(out, syn)
     val = str(out / "val.json") if cfg.synthetic_val > 0 else None
@@ -160,6 +165,17 @@ def build_trainer(cfg: TrainConfig, dist_info: DistInfo | None = None, device: t
         if info.world > 1:
             dist.barrier()
         data = synthetic_data(data, out, cfg.seed)
+        cfg = replace(cfg, data=data)
+    if data.replay_classes:
+        if not data.train:
+            raise GdinoError("no training data: set data.train (a COCO .json) or data.synthetic")
+        images = data.train_images or str(Path(data.train).parent)
+        out_json = Path(cfg.output_dir) / "replay" / "train.json"
+        if info.main:
+            replay_annotations(model, data.train, images, data.replay_classes, data.replay_threshold, data.image_size, out_json)
+        if info.world > 1:
+            dist.barrier()
+        data = replace(data, train=str(out_json), train_images=images)
         cfg = replace(cfg, data=data)
     dataset = build_datasets(data, model.tokenizer, cfg.seed, model.config.max_text_len)
     validate = None

@@ -42,9 +42,12 @@ class DataSection:
 
     ``train``: COCO JSON or ODVG JSONL (images under ``train_images``; ODVG detection records need
     ``label_map``); ``val``: COCO JSON. ``synthetic`` > 0 generates that many synthetic training
-    images (plus ``synthetic_val`` held-out ones) of ``synthetic_size`` pixels under the run folder
-    instead. ``image_size``: evaluation shorter side; the training scales are the official ones
-    times ``image_size / 800``.
+    images (plus ``synthetic_val`` held-out ones) of the generator variant ``synthetic_variant``
+    (``gdino.data.synthetic_variants``) under the run folder instead, ``synthetic_size`` pixels
+    (0: the variant's size). ``image_size``: evaluation shorter side; the training scales are the official ones
+    times ``image_size / 800``. ``replay_classes``: classes the starting model should keep
+    (pseudo-label replay against forgetting, :mod:`gdino.train.replay`: before training it labels
+    them on the training images, boxes scoring >= ``replay_threshold``); empty = off.
     """
 
     train: str | None = None
@@ -55,6 +58,7 @@ class DataSection:
     synthetic: int = 0
     synthetic_val: int = 0
     synthetic_size: int = 128
+    synthetic_variant: str = "shapes"
     batch_size: int = 4
     num_workers: int = 2
     image_size: int = 800
@@ -62,6 +66,8 @@ class DataSection:
     crop_prob: float = 0.5
     flip_prob: float = 0.5
     max_classes: int = 80
+    replay_classes: tuple[str, ...] = ()
+    replay_threshold: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -85,11 +91,13 @@ class OptimSection:
 
 @dataclass(frozen=True)
 class ScheduleSection:
-    """Epochs (or a step cap, or a wall-clock budget), linear warm-up, then step decay or cosine."""
+    """Epochs (or a step cap, or a budget of wall-clock minutes or of this process's CPU minutes:
+    the latter is the steadier one on a shared machine), linear warm-up, then step decay or cosine."""
 
     epochs: int = 12
     max_steps: int = 0
     max_minutes: float = 0.0
+    max_cpu_minutes: float = 0.0
     warmup_steps: int = 100
     kind: str = "step"
     step_epochs: tuple[int, ...] = (11,)

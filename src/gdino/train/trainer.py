@@ -219,6 +219,7 @@ class Trainer:
         sums: dict[str, float] = {}
         count, tick = 0, time.perf_counter()
         budget, started = self.cfg.schedule.max_minutes * 60.0, time.perf_counter()
+        cpu_budget, cpu_started = self.cfg.schedule.max_cpu_minutes * 60.0, time.process_time()
         epochs_cap = self.cfg.schedule.epochs if self.cfg.schedule.max_steps <= 0 else 10**9
         stop = False
         while not stop and self.state.step < total and self.state.epoch < epochs_cap:
@@ -248,7 +249,10 @@ class Trainer:
                 if budget > 0 and time.perf_counter() - started >= budget:
                     logger.info("time budget of %.1f min used up at step %d", budget / 60, self.state.step)
                     stop = True
-                if budget > 0:  # every rank stops at the same step
+                if cpu_budget > 0 and time.process_time() - cpu_started >= cpu_budget:
+                    logger.info("CPU budget of %.1f min used up at step %d", cpu_budget / 60, self.state.step)
+                    stop = True
+                if budget > 0 or cpu_budget > 0:  # every rank stops at the same step
                     stop = any_rank(stop, self.dist, self.device)
                 self._stop = stop
                 due = stop or (every > 0 and self.state.step % every == 0)
@@ -259,7 +263,8 @@ class Trainer:
                 if stop:
                     break
         bar.close()
-        if self.dist.main and (self.state.step >= total or (budget > 0 and stop and stop_after is None)):
+        budgeted = budget > 0 or cpu_budget > 0
+        if self.dist.main and (self.state.step >= total or (budgeted and stop and stop_after is None)):
             self.export(self.out / "model.safetensors")
         return self.state
 
