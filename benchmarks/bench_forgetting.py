@@ -41,22 +41,39 @@ def make_data(out: Path, seed: int, n_pre: int, n_ft: int, n_val: int) -> dict[s
 
     pre = out / "pretrain"
     if not (pre / "train.json").is_file():
-        generate(pre, SyntheticConfig(num_images=n_pre, size=128, seed=seed, colors=OLD_COLORS, val_fraction=0.0,
-                                      formats=("coco",)))
-    allc = SyntheticConfig(num_images=n_ft + n_val, size=128, seed=seed + 1, colors=OLD_COLORS + NEW_COLORS,
-                           val_fraction=n_val / (n_ft + n_val), formats=("coco",))
+        generate(
+            pre,
+            SyntheticConfig(
+                num_images=n_pre, size=128, seed=seed, colors=OLD_COLORS, val_fraction=0.0, formats=("coco",)
+            ),
+        )
+    allc = SyntheticConfig(
+        num_images=n_ft + n_val,
+        size=128,
+        seed=seed + 1,
+        colors=OLD_COLORS + NEW_COLORS,
+        val_fraction=n_val / (n_ft + n_val),
+        formats=("coco",),
+    )
     ft = out / "finetune"
     if not (ft / "train.json").is_file():
         generate(ft, allc)
     names = class_names(allc)
     old = {i + 1 for i, n in enumerate(names) if n.split()[0] in OLD_COLORS}
     files = {"pretrain": str(pre / "train.json"), "images_pre": str(pre), "images_ft": str(ft)}
-    for split, path, keep_sets in (("train", ft / "train.json", {"new": False}), ("val", ft / "val.json", {"old": True, "new": False})):
+    for split, path, keep_sets in (
+        ("train", ft / "train.json", {"new": False}),
+        ("val", ft / "val.json", {"old": True, "new": False}),
+    ):
         data = json.loads(path.read_text())
         for group, is_old in keep_sets.items():
             cats = [c for c in data["categories"] if (c["id"] in old) == is_old]
             ids = {c["id"] for c in cats}
-            subset = {**data, "categories": cats, "annotations": [a for a in data["annotations"] if a["category_id"] in ids]}
+            subset = {
+                **data,
+                "categories": cats,
+                "annotations": [a for a in data["annotations"] if a["category_id"] in ids],
+            }
             target = ft / f"{split}_{group}.json"
             target.write_text(json.dumps(subset))
             files[f"{split}_{group}"] = str(target)
@@ -105,27 +122,53 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     files = make_data(out, 0, *args.images)
-    common = ["eval.every_epochs=0", "checkpoint.every_epochs=0", "checkpoint.every_steps=0", "progress=false",
-              "data.synthetic=0", "data.max_classes=8"]
+    common = [
+        "eval.every_epochs=0",
+        "checkpoint.every_epochs=0",
+        "checkpoint.every_steps=0",
+        "progress=false",
+        "data.synthetic=0",
+        "data.max_classes=8",
+    ]
     result: dict[str, object] = {
-        "bench": "forgetting", "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "load_avg_start": round(os.getloadavg()[0], 1), "threads": args.threads, "torch": torch.__version__,
-        "pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps, "finetune_lr": args.finetune_lr,
+        "bench": "forgetting",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "load_avg_start": round(os.getloadavg()[0], 1),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "pretrain_steps": args.pretrain_steps,
+        "finetune_steps": args.finetune_steps,
+        "finetune_lr": args.finetune_lr,
         "images": args.images,
     }
     pre_dir = out / "run-pretrain"
     weights = pre_dir / "model.safetensors"
-    cfg = load_config("smoke", [*common, f"schedule.max_steps={args.pretrain_steps}", f"data.train={files['pretrain']}",
-                                f"data.train_images={files['images_pre']}"])
+    cfg = load_config(
+        "smoke",
+        [
+            *common,
+            f"schedule.max_steps={args.pretrain_steps}",
+            f"data.train={files['pretrain']}",
+            f"data.train_images={files['images_pre']}",
+        ],
+    )
     if not weights.is_file():
         model, cpu = run(replace(cfg, output_dir=str(pre_dir)), "pretrain")
         result["pretrain_cpu_s"] = round(cpu, 1)
     from gdino.weights.load import load_model
 
     result["pretrained"] = score(load_model(weights), files, 128)
-    ft = [*common, f"model.weights={weights}", "model.text_weights=null", "model.freeze_text=false", f"schedule.max_steps={args.finetune_steps}",
-          "schedule.warmup_steps=20", f"optim.lr={args.finetune_lr}", f"data.train={files['train_new']}",
-          f"data.train_images={files['images_ft']}"]
+    ft = [
+        *common,
+        f"model.weights={weights}",
+        "model.text_weights=null",
+        "model.freeze_text=false",
+        f"schedule.max_steps={args.finetune_steps}",
+        "schedule.warmup_steps=20",
+        f"optim.lr={args.finetune_lr}",
+        f"data.train={files['train_new']}",
+        f"data.train_images={files['images_ft']}",
+    ]
     variants = {
         "plain": [],
         "frozen": ["model.freeze_backbone=true", "model.freeze_text=true"],

@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
     parser.add_argument("--out", default="/tmp/gdino-smoke", help="run folder (data, checkpoints, logs)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    parser.add_argument("--cpu-minutes", type=float, default=0.0,
-                        help="budget in CPU minutes of this process instead of wall-clock minutes (shared machines)")
+    parser.add_argument(
+        "--cpu-minutes",
+        type=float,
+        default=0.0,
+        help="budget in CPU minutes of this process instead of wall-clock minutes (shared machines)",
+    )
     parser.add_argument("--preset", default="smoke", help="training preset (smoke, smoke-general)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.batch_size=2")
     args = parser.parse_args(argv)
@@ -45,10 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     # the preset's own schedule (20 epochs, cosine), capped at the wall-clock budget
-    budget = f"schedule.max_cpu_minutes={args.cpu_minutes}" if args.cpu_minutes > 0 else f"schedule.max_minutes={args.minutes}"
-    cfg = load_config(args.preset, [
-        budget, "eval.every_epochs=0", "checkpoint.every_epochs=0", "progress=false", *args.overrides,
-    ])
+    budget = (
+        f"schedule.max_cpu_minutes={args.cpu_minutes}"
+        if args.cpu_minutes > 0
+        else f"schedule.max_minutes={args.minutes}"
+    )
+    cfg = load_config(
+        args.preset,
+        [
+            budget,
+            "eval.every_epochs=0",
+            "checkpoint.every_epochs=0",
+            "progress=false",
+            *args.overrides,
+        ],
+    )
     load_start = os.getloadavg()[0]
     cfg = replace(cfg, output_dir=args.out)
     t0 = time.perf_counter()

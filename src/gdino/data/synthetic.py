@@ -116,10 +116,7 @@ class Shape:
 def class_names(cfg: SyntheticConfig) -> list[str]:
     """``color [texture] shape`` for every combination, in a fixed order."""
     return [
-        f"{c} {s}" if t == "plain" else f"{c} {t} {s}"
-        for c in cfg.colors
-        for t in cfg.textures
-        for s in cfg.shapes
+        f"{c} {s}" if t == "plain" else f"{c} {t} {s}" for c in cfg.colors for t in cfg.textures for s in cfg.shapes
     ]
 
 
@@ -321,17 +318,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--colors", type=_csv, default=SyntheticConfig.colors, help="comma-separated")
     p.add_argument("--shapes", type=_csv, default=SyntheticConfig.shapes, help="comma-separated")
     p.add_argument("--textures", type=_csv, default=SyntheticConfig.textures, help="comma-separated")
-    p.add_argument("--variant", default=None,
-                   help="a named generator variant (shapes, textured, crowded); --num-images, --seed, "
-                   "--val-fraction and --format apply, the other options come from the variant")
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="a named generator variant (shapes, textured, crowded); --num-images, --seed, "
+        "--val-fraction and --format apply, the other options come from the variant",
+    )
     args = p.parse_args(argv)
     try:
         formats = ("coco", "odvg") if args.format == "both" else (args.format,)
         if args.variant:
             from gdino.data.synthetic_variants import variant_config  # the variants import this module
 
-            cfg = variant_config(args.variant, num_images=args.num_images, seed=args.seed,
-                                 val_fraction=args.val_fraction, formats=formats)
+            cfg = variant_config(
+                args.variant,
+                num_images=args.num_images,
+                seed=args.seed,
+                val_fraction=args.val_fraction,
+                formats=formats,
+            )
         else:
             cfg = SyntheticConfig(
                 num_images=args.num_images,

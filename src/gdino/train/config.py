@@ -158,7 +158,19 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write ``cfg`` as YAML (loadable by :func:`load_config`)."""
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
 
+
 __all__ = [
-    "CheckpointSection", "ConfigError", "DataSection", "EvalSection", "LossSection", "ModelSection", "OptimSection",
-    "ScheduleSection", "TrainConfig", "from_dict", "load_config", "parse_override", "save_config",
+    "CheckpointSection",
+    "ConfigError",
+    "DataSection",
+    "EvalSection",
+    "LossSection",
+    "ModelSection",
+    "OptimSection",
+    "ScheduleSection",
+    "TrainConfig",
+    "from_dict",
+    "load_config",
+    "parse_override",
+    "save_config",
 ]

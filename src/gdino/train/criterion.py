@@ -91,10 +91,20 @@ class SetCriterion:
         sets, _, _, used = logits.shape
         device = logits.device
         indices = hungarian_match(
-            logits.detach(), boxes.detach(), targets, text_mask, w.cost_class, w.cost_bbox, w.cost_giou,
-            w.focal_alpha, w.focal_gamma, used,
+            logits.detach(),
+            boxes.detach(),
+            targets,
+            text_mask,
+            w.cost_class,
+            w.cost_bbox,
+            w.cost_giou,
+            w.focal_alpha,
+            w.focal_gamma,
+            used,
         )
-        s_idx, b_idx, q_idx, g_idx = (x.to(device, non_blocking=True) for x in flatten_matches(indices, [len(t) for t in targets]))
+        s_idx, b_idx, q_idx, g_idx = (
+            x.to(device, non_blocking=True) for x in flatten_matches(indices, [len(t) for t in targets])
+        )
         tgt_boxes = torch.cat([t.boxes for t in targets]).to(device, torch.float32)
         tgt_tokens = padded_token_maps(targets, used, device)
         tokens = torch.zeros(logits.shape, dtype=torch.float32, device=device)
@@ -104,7 +114,12 @@ class SetCriterion:
         return cls / num_boxes, l1 / num_boxes, giou / num_boxes
 
     def denoising_losses(
-        self, logits: Tensor, boxes: Tensor, targets: Sequence[Target], text_mask: Tensor, meta: DenoisingMeta,
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        targets: Sequence[Target],
+        text_mask: Tensor,
+        meta: DenoisingMeta,
         num_boxes: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Denoising losses ``[S]`` of ``logits [S, B, N, L']`` / ``boxes [S, B, N, 4]``: positives get
@@ -136,8 +151,12 @@ class SetCriterion:
             return self._losses(output, targets, dn_meta, num_boxes, text_len)
 
     def _losses(
-        self, output: GroundingDINOOutput, targets: Sequence[Target], dn_meta: DenoisingMeta | None,
-        num_boxes: float | None, text_len: int | None,
+        self,
+        output: GroundingDINOOutput,
+        targets: Sequence[Target],
+        dn_meta: DenoisingMeta | None,
+        num_boxes: float | None,
+        text_len: int | None,
     ) -> dict[str, Tensor]:
         if len(targets) != output.logits.shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {output.logits.shape[0]}")
@@ -162,7 +181,9 @@ class SetCriterion:
             suffixes += ["_dn" if i == last else f"_dn_{i}" for i in range(len(output.dn_logits))]
             factors += [w.dn] * len(output.dn_logits)
         losses: dict[str, Tensor] = {}
-        for base, vec, scale in zip(("loss_class", "loss_bbox", "loss_giou"), values, (w.loss_class, w.loss_bbox, w.loss_giou)):
+        for base, vec, scale in zip(
+            ("loss_class", "loss_bbox", "loss_giou"), values, (w.loss_class, w.loss_bbox, w.loss_giou)
+        ):
             for k, suffix in enumerate(suffixes):
                 losses[base + suffix] = vec[k]
             terms.append((base, vec, scale))

@@ -28,7 +28,14 @@ class EpochBatches:
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True) -> None:
         if n <= 0:
             raise GdinoError("the training dataset is empty")
-        self.n, self.batch_size, self.seed, self.rank, self.world, self.shuffle = n, batch_size, seed, rank, world, shuffle
+        self.n, self.batch_size, self.seed, self.rank, self.world, self.shuffle = (
+            n,
+            batch_size,
+            seed,
+            rank,
+            world,
+            shuffle,
+        )
         self.epoch = 0
         self.start = 0
 
@@ -38,7 +45,9 @@ class EpochBatches:
 
     def epoch_indices(self) -> list[int]:
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)).tolist()
+            order = torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+            ).tolist()
         else:
             order = list(range(self.n))
         per_rank = math.ceil(self.n / self.world)

@@ -56,7 +56,9 @@ class DenoisingMeta:
         offsets = [0, *itertools.accumulate(sizes)]
         image = torch.arange(len(self.pos_query)).repeat_interleave(torch.tensor([len(q) for q in self.pos_query]))
         query = torch.cat(self.pos_query) if self.pos_query else torch.zeros(0, dtype=torch.int64)
-        target = torch.cat([t + offsets[i] for i, t in enumerate(self.pos_target)]) if self.pos_target else query.clone()
+        target = (
+            torch.cat([t + offsets[i] for i, t in enumerate(self.pos_target)]) if self.pos_target else query.clone()
+        )
         return image, query.long(), target.long()
 
     def valid(self, device: torch.device | str = "cpu") -> Tensor:
@@ -201,6 +203,7 @@ def build_denoising(
         ref[i, slots] = inverse_sigmoid(noisy, config.eps)
     content = weights.to(device, feats.dtype, non_blocking=True) @ feats  # autocast may lower the matmul
     mask = denoising_attn_mask(n, most, num_queries).to(device, non_blocking=True)
-    queries = DenoisingQueries(content=content.to(feats.dtype), ref_logits=ref.to(device, feats.dtype, non_blocking=True),
-                               attn_mask=mask)
+    queries = DenoisingQueries(
+        content=content.to(feats.dtype), ref_logits=ref.to(device, feats.dtype, non_blocking=True), attn_mask=mask
+    )
     return queries, meta

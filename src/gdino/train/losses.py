@@ -89,7 +89,11 @@ def gather_matched_boxes(
 
 # ------------------------------------------------------------------ every prediction set at once
 def focal_loss_per_set(
-    logits: Tensor, token_targets: Tensor, text_mask: Tensor, alpha: float = 0.25, gamma: float = 2.0,
+    logits: Tensor,
+    token_targets: Tensor,
+    text_mask: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
     query_mask: Tensor | None = None,
 ) -> Tensor:
     """:func:`token_focal_loss` of ``S`` prediction sets in one pass: ``logits [S, B, Q, L']`` (already

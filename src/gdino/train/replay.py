@@ -9,9 +9,7 @@ The merged COCO file is written once per run folder (atomically) and reused on r
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +18,12 @@ from typing import Any
 import torch
 from torchvision.ops import batched_nms, box_iou
 
+from gdino.core.files import read_json, write_json
 from gdino.errors import GdinoError
+from gdino.eval.annotations import load_coco_gt
+from gdino.eval.predict import predict_dataset
+from gdino.infer.detector import Detector
+from gdino.infer.options import DetectOptions
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,10 @@ def _xyxy(box: Sequence[float]) -> list[float]:
 
 
 def merge_pseudo_labels(
-    data: dict[str, Any], results: Sequence[dict[str, Any]], category_names: dict[int, str], threshold: float,
+    data: dict[str, Any],
+    results: Sequence[dict[str, Any]],
+    category_names: dict[int, str],
+    threshold: float,
     iou: float = 0.5,
 ) -> tuple[dict[str, Any], int]:
     """``data`` (COCO) plus the ``results`` (COCO detections over categories ``category_names``)
@@ -69,45 +75,50 @@ def merge_pseudo_labels(
             keep = [k for k, o in zip(keep, overlap.tolist()) if o <= iou]
         for k in keep:
             x0, y0, x1, y1 = boxes[k].tolist()
-            anns.append({
-                "id": next_ann, "image_id": image_id, "category_id": target_id[rows[k]["category_id"]],
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "pseudo": True,
-            })
+            anns.append(
+                {
+                    "id": next_ann,
+                    "image_id": image_id,
+                    "category_id": target_id[rows[k]["category_id"]],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                    "pseudo": True,
+                }
+            )
             next_ann += 1
             added += 1
     return {**data, "categories": cats, "annotations": anns}, added
 
 
 def replay_annotations(
-    model: torch.nn.Module, train_json: str, images_dir: str, classes: Sequence[str], threshold: float,
-    image_size: int, out: Path,
+    model: torch.nn.Module,
+    train_json: str,
+    images_dir: str,
+    classes: Sequence[str],
+    threshold: float,
+    image_size: int,
+    out: Path,
 ) -> str:
     """Write ``out`` (once): ``train_json`` plus ``model``'s pseudo-labels of ``classes`` on its images."""
-    # gdino.eval and gdino.infer run the detector over a COCO image list (the validation path)
-    from gdino.eval.annotations import load_coco_gt, read_json
-    from gdino.eval.predict import predict_dataset
-    from gdino.infer.detector import Detector
-
     if out.is_file():
         return str(out)
     if not train_json.endswith(".json"):
         raise GdinoError("data.replay_classes needs COCO training data (data.train = a .json file)")
     data = read_json(train_json, "training annotations")
     replay = {k + 1: name for k, name in enumerate(classes)}
-    gt = load_coco_gt({"images": data["images"], "annotations": [],
-                       "categories": [{"id": k, "name": n} for k, n in replay.items()]})
+    gt = load_coco_gt(
+        {"images": data["images"], "annotations": [], "categories": [{"id": k, "name": n} for k, n in replay.items()]}
+    )
     was_training = model.training
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        results = predict_dataset(Detector(model, image_size=image_size), gt, images_dir, topk=100, progress=False,
-                                  desc="replay")
+        detector = Detector(model, DetectOptions(box_threshold=threshold, topk=100, image_size=image_size))
+        results = predict_dataset(detector, gt, images_dir, progress=False, desc="replay")
     model.train(was_training)
     merged, added = merge_pseudo_labels(data, results, replay, threshold)
     logger.info("replay: %d pseudo-labelled boxes of %d classes on %d images", added, len(classes), len(data["images"]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(merged), encoding="utf-8")
-    os.replace(tmp, out)
-    return str(out)
+    return str(write_json(out, merged, indent=None))
 
 
 __all__ = ["merge_pseudo_labels", "replay_annotations"]

@@ -172,7 +172,9 @@ class Trainer:
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
         )
         with autocast:
-            output, meta, text_len = self.forward_module(batch.pixel_values, batch.pixel_mask, batch.captions, host_targets)
+            output, meta, text_len = self.forward_module(
+                batch.pixel_values, batch.pixel_mask, batch.captions, host_targets
+            )
         losses = self.criterion(output, batch.targets, meta, text_len=text_len)
         loss = losses["total"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -215,7 +217,9 @@ class Trainer:
             save_config(self.cfg, self.out / "config.yaml")
         total = self.total_steps()
         every = self.cfg.checkpoint.every_steps
-        bar = tqdm(total=total, initial=self.state.step, unit="step", disable=not (self.cfg.progress and self.dist.main))
+        bar = tqdm(
+            total=total, initial=self.state.step, unit="step", disable=not (self.cfg.progress and self.dist.main)
+        )
         sums: dict[str, float] = {}
         count, tick = 0, time.perf_counter()
         budget, started = self.cfg.schedule.max_minutes * 60.0, time.perf_counter()
@@ -226,8 +230,11 @@ class Trainer:
             self.batches.set_position(self.state.epoch, self.state.batch_in_epoch)
             self.dataset.epoch = self.state.epoch
             loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=self.batches, collate_fn=self.collate_fn,
-                num_workers=self.cfg.data.num_workers, generator=torch.Generator().manual_seed(self.cfg.seed),
+                self.dataset,
+                batch_sampler=self.batches,
+                collate_fn=self.collate_fn,
+                num_workers=self.cfg.data.num_workers,
+                generator=torch.Generator().manual_seed(self.cfg.seed),
             )
             for batch in loader:
                 terms = self.train_step(batch)
@@ -242,7 +249,9 @@ class Trainer:
                     now = time.perf_counter()
                     record = {"step": self.state.step, "epoch": self.state.epoch, "sec_per_step": (now - tick) / count}
                     record.update({k: v / count for k, v in sums.items()})
-                    record.update({f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)})
+                    record.update(
+                        {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+                    )
                     self._log(record)
                     sums, count, tick = {}, 0, now
                 stop = self.state.step >= total or (stop_after is not None and self.state.step >= stop_after)
@@ -289,7 +298,9 @@ class Trainer:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 metrics = dict(self.validate(model))
             self.model.train()
-            self._log({"step": self.state.step, "epoch": self.state.epoch, **{f"val_{k}": v for k, v in metrics.items()}})
+            self._log(
+                {"step": self.state.step, "epoch": self.state.epoch, **{f"val_{k}": v for k, v in metrics.items()}}
+            )
             logger.info("epoch %d validation: %s", self.state.epoch, metrics)
         barrier(self.dist)
         return metrics
@@ -302,6 +313,14 @@ def close_writer(trainer: Trainer) -> None:
 
 
 __all__ = [
-    "DistInfo", "EpochBatches", "LoopState", "SeededDataset", "TrainForward", "Trainer", "TrainingDiverged",
-    "close_writer", "init_distributed", "seed_everything",
+    "DistInfo",
+    "EpochBatches",
+    "LoopState",
+    "SeededDataset",
+    "TrainForward",
+    "Trainer",
+    "TrainingDiverged",
+    "close_writer",
+    "init_distributed",
+    "seed_everything",
 ]

@@ -54,8 +54,14 @@ def smoke() -> TrainConfig:
     return TrainConfig(
         model=ModelSection(preset="small-minilm", text_weights="minilm", freeze_text=True),
         data=DataSection(
-            synthetic=400, synthetic_val=50, synthetic_size=128, batch_size=4, num_workers=0,
-            image_size=128, crop_prob=0.0, max_classes=8,
+            synthetic=400,
+            synthetic_val=50,
+            synthetic_size=128,
+            batch_size=4,
+            num_workers=0,
+            image_size=128,
+            crop_prob=0.0,
+            max_classes=8,
         ),
         optim=OptimSection(lr=1e-3, backbone_lr_mult=1.0, text_lr_mult=0.1, grad_clip=0.1),
         schedule=ScheduleSection(epochs=20, warmup_steps=100, kind="cosine"),
