@@ -19,11 +19,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_train_loop import MICRO, make_trainer, synthetic_dataset
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from gdino.data.collate import Batch
-from test_train_loop import MICRO, make_trainer, synthetic_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,8 +73,10 @@ class SyncCounter(TorchFunctionMode):
         inputs_tracked = self._is_tracked((args, kwargs))
         if inputs_tracked and name in READS and not cpu_only_branch():
             self.reads.append(name)
-        if inputs_tracked and name == "__getitem__" and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in tree_flatten(args[1:])[0]
+        if (
+            inputs_tracked
+            and name == "__getitem__"
+            and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in tree_flatten(args[1:])[0])
         ):
             self.reads.append("bool-mask index")
         out = func(*args, **kwargs)
@@ -86,8 +88,9 @@ class SyncCounter(TorchFunctionMode):
 
 
 def count_step_syncs(tmp_path, tokenizer, batch_size: int, dec_layers: int) -> list[str]:
-    cfg, ds = synthetic_dataset(tmp_path, tokenizer, batch_size, ["data.augment=false", f"data.batch_size={batch_size}",
-                                                                 "schedule.max_steps=2"])
+    cfg, ds = synthetic_dataset(
+        tmp_path, tokenizer, batch_size, ["data.augment=false", f"data.batch_size={batch_size}", "schedule.max_steps=2"]
+    )
     trainer = make_trainer(cfg, ds, tokenizer, model_cfg=replace(MICRO, dec_layers=dec_layers))
     ds.set_epoch(0)
     from gdino.data.collate import collate
@@ -99,11 +102,18 @@ def count_step_syncs(tmp_path, tokenizer, batch_size: int, dec_layers: int) -> l
 
     def to_device(self, device, non_blocking=False):  # "upload": fresh tensors, tracked as the device's
         moved = original_to(self, device, non_blocking)
-        moved = Batch(moved.pixel_values.clone(), moved.pixel_mask.clone(),
-                      [replace(t, boxes=t.boxes.clone(), token_map=t.token_map.clone(), labels=t.labels.clone())
-                       for t in moved.targets], moved.captions)
-        counter.track(moved.pixel_values, moved.pixel_mask, *[x for t in moved.targets
-                                                             for x in (t.boxes, t.token_map, t.labels)])
+        moved = Batch(
+            moved.pixel_values.clone(),
+            moved.pixel_mask.clone(),
+            [
+                replace(t, boxes=t.boxes.clone(), token_map=t.token_map.clone(), labels=t.labels.clone())
+                for t in moved.targets
+            ],
+            moved.captions,
+        )
+        counter.track(
+            moved.pixel_values, moved.pixel_mask, *[x for t in moved.targets for x in (t.boxes, t.token_map, t.labels)]
+        )
         return moved
 
     counter.track(*trainer.model.parameters(), *trainer.model.buffers())
