@@ -188,9 +188,9 @@ class GdinoStep:
     def __call__(self, batch: Any, clock: Clock | None = None) -> float:
         clock = clock or Clock(batch.pixel_values.device)
         with clock.part("forward (all)"):
-            output, meta = self.forward(batch.pixel_values, batch.pixel_mask, batch.captions, batch.targets)
+            output, meta, text_len = self.forward(batch.pixel_values, batch.pixel_mask, batch.captions, batch.targets)
         with clock.part("criterion (all)"):
-            losses = self.criterion(output, batch.targets, meta)
+            losses = self.criterion(output, batch.targets, meta, text_len=text_len)
         self.optimizer.zero_grad(set_to_none=True)
         with clock.part("backward (all)"):
             losses["total"].backward()
