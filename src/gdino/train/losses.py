@@ -85,3 +85,45 @@ def gather_matched_boxes(
     if not preds:
         return boxes.new_zeros((0, 4)), boxes.new_zeros((0, 4))
     return torch.cat(preds), torch.cat(tgts)
+
+
+# ------------------------------------------------------------------ every prediction set at once
+def focal_loss_per_set(
+    logits: Tensor,
+    token_targets: Tensor,
+    text_mask: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    query_mask: Tensor | None = None,
+) -> Tensor:
+    """:func:`token_focal_loss` of ``S`` prediction sets in one pass: ``logits [S, B, Q, L']`` (already
+    cut to the used token columns ``L'``), ``token_targets`` broadcastable to it, ``text_mask [B, L']``,
+    ``query_mask [B, Q]`` or None. Returns ``[S]`` float32 sums."""
+    mask = text_mask[:, None, :].to(logits.device).expand(logits.shape[1:])
+    if query_mask is not None:
+        mask = mask & query_mask[:, :, None].to(logits.device)
+    x = logits.float().masked_fill(~mask, 0.0)
+    t = token_targets.float()
+    p = x.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(x, t.expand_as(x), reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t)
+    loss = alpha_t * ce * (1 - p_t) ** gamma
+    return loss.masked_fill(~mask, 0.0).flatten(1).sum(1)
+
+
+def box_losses_per_set(pred: Tensor, target: Tensor, set_index: Tensor, sets: int) -> tuple[Tensor, Tensor]:
+    """Summed L1 and ``1 - GIoU`` per set of matched pairs: ``pred [M, 4]``, ``target [M, 4]`` cxcywh,
+    ``set_index [M]`` the set of each pair. Returns two ``[sets]`` float32 tensors."""
+    pred = pred.float()
+    target = target.to(pred.device, torch.float32)
+    l1 = (pred - target).abs().sum(-1)
+    giou = 1 - elementwise_generalized_box_iou(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(target))
+    zeros = pred.new_zeros(sets)
+    return zeros.index_add(0, set_index, l1), zeros.index_add(0, set_index, giou)
+
+
+def padded_token_maps(targets: Sequence[Target], length: int, device: torch.device | str) -> Tensor:
+    """The batch's target token maps concatenated, ``[N, length]`` float 0/1 (zero-padded)."""
+    maps = torch.cat([t.token_map[:, :length] for t in targets]).to(device, torch.float32)
+    return F.pad(maps, (0, length - maps.shape[1])) if maps.shape[1] < length else maps

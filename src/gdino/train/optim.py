@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gdino.train.config import ModelSection, OptimSection, ScheduleSection
+from gdino.train.sections import ModelSection, OptimSection, ScheduleSection
 
 #: parameters that never receive a gradient in Grounding DINO (BERT's pooler output is unused)
 UNUSED_PREFIXES = ("bert.pooler.",)
