@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("official", "hf", "gdino")
 _DERIVED = re.compile(r"(^|\.)relative_position_index$")
+_CLASS_BIAS = re.compile(r"(^|\.)class_embed\.(\d+\.)?bias$")
 _OFFICIAL_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
@@ -204,13 +205,15 @@ def _read_native(path: Path, override: GroundingDINOConfig | None) -> Checkpoint
 
 
 def _infer_config(state: dict[str, Tensor], origin: str, native_names: bool) -> GroundingDINOConfig:
-    """The preset whose shapes fit (Swin-T: embed dim 96, Swin-B: 128), BERT pooler as in the file."""
+    """The preset whose shapes fit (Swin-T: embed dim 96, Swin-B: 128), BERT pooler as in the file;
+    class-head biases (``class_embed...bias``) select the MM-Grounding-DINO head variant."""
     embed = official.backbone_embed_dim(state)
     pooler = any(k.startswith("bert.pooler.") for k in state)
+    biased = any(_CLASS_BIAS.search(k) for k in state)
     candidates = [
         dataclasses.replace(c, text=dataclasses.replace(c.text, with_pooler=pooler))
         for c in PRESETS.values()
-        if c.backbone.embed_dim == embed
+        if c.backbone.embed_dim == embed and c.contrastive_bias == biased
     ]
     if len(candidates) > 1:
         candidates = [c for c in candidates if _fits(c, state, native_names)]
