@@ -200,8 +200,10 @@ def test_gdino_convert_round_trip(case, tmp_path):
 @pytest.mark.slow
 def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
     """Full size (the mm-grounding-dino-tiny / llmdet-tiny shapes) on a real photo. Near-tied encoder
-    scores may swap a few of the 900 selected queries, so each of gdino's 100 best queries is paired
-    with the transformers query closest in box and logits (as tests/test_full_size.py does)."""
+    scores could swap a few of the 900 selected queries between the implementations, so the queries
+    are matched one to one (Hungarian, on the larger of the box and logit max-errors): every match must
+    agree within the tolerances and at most 1% of the matches may be off the diagonal (swaps)."""
+    optimize = pytest.importorskip("scipy.optimize")
     from transformers import MMGroundingDinoForObjectDetection, SwinConfig
 
     from gdino.config import get_preset
@@ -214,6 +216,10 @@ def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
     )
     torch.manual_seed(0)
     hf = _realistic(MMGroundingDinoForObjectDetection(_hf_config(False, swin, tiny=False)), seed=5)
+    with torch.no_grad():  # small box updates, as trained heads make: six random ones saturate every box
+        for name, p in hf.named_parameters():
+            if re.search(r"bbox_embed\.(\d+\.)?layers\.2\.", name):
+                p.mul_(0.05)
     folder = tmp_path / "mm-swin-t-random"
     hf.save_pretrained(folder)
     tokenizer.save_pretrained(str(folder))
@@ -230,13 +236,15 @@ def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
         ref = hf(pixel_values=pixels, input_ids=text.input_ids, attention_mask=text.attention_mask.long(),
                  token_type_ids=text.token_type_ids)
     valid = out.text_mask[0]
-    top = out.logits[0][:, valid].max(-1).values.topk(100).indices
-    ours_logits = out.logits[0][top][:, valid]
-    ref_logits = ref.logits[0][:, : int(valid.sum())]
-    joint = torch.cdist(out.boxes[0, top], ref.pred_boxes[0]) + torch.cdist(ours_logits, ref_logits) / 100
-    pair = joint.argmin(1)
-    box_err = (out.boxes[0, top] - ref.pred_boxes[0, pair]).abs().max().item()
-    logit_err = (ours_logits - ref_logits[pair]).abs().max().item()
-    print(f"MM full size: box error {box_err:.2e}, logit error {logit_err:.2e}, paired {pair.unique().numel()}/100")
-    assert pair.unique().numel() == 100
-    assert box_err < 1e-3 and logit_err < 1e-3
+    ours_logits, ref_logits = out.logits[0][:, valid], ref.logits[0][:, : int(valid.sum())]
+    cost = torch.maximum(torch.cdist(out.boxes[0], ref.pred_boxes[0], p=float("inf")),
+                         torch.cdist(ours_logits, ref_logits, p=float("inf")))
+    rows, cols = optimize.linear_sum_assignment(cost.numpy())
+    rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
+    box_err = (out.boxes[0, rows] - ref.pred_boxes[0, cols]).abs().max().item()
+    logit_err = (ours_logits[rows] - ref_logits[cols]).abs().max().item()
+    swapped = int((rows != cols).sum())
+    print(f"MM full size: box error {box_err:.2e}, logit error {logit_err:.2e}, swapped {swapped}/900")
+    assert box_err < 1e-4 and logit_err < 1e-4
+    assert swapped <= 9
+    assert ref_logits.std() > 0.1 and ref.pred_boxes.std() > 0.05
