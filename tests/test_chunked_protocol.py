@@ -38,13 +38,15 @@ def test_topk_per_chunk_equals_separate_prompts(tiny_model, chelsea_jpg):
     assert len(got.scores) == 12  # 4 per chunk, 3 chunks
     parts = []
     for start in (0, 3, 6):
-        names = CLASSES[start:start + 3]
+        names = CLASSES[start : start + 3]
         alone = Detector(tiny_model, image_size=96).detect(str(chelsea_jpg), names, box_threshold=0.0, topk=4)[0]
         parts.append((alone.xyxy, alone.scores, alone.class_ids + start))
     want_boxes, want_scores, want_ids = (torch.cat(t) for t in zip(*parts))
     # the same detections, in a canonical order (Detections sort by score; many random-weight scores tie)
-    got_rows, want_rows = (sorted(zip(i.tolist(), s.tolist(), b.tolist())) for i, s, b in
-                           ((got.class_ids, got.scores, got.xyxy), (want_ids, want_scores, want_boxes)))
+    got_rows, want_rows = (
+        sorted(zip(i.tolist(), s.tolist(), b.tolist()))
+        for i, s, b in ((got.class_ids, got.scores, got.xyxy), (want_ids, want_scores, want_boxes))
+    )
     assert [r[0] for r in got_rows] == [r[0] for r in want_rows]
     assert torch.allclose(torch.tensor([r[1] for r in got_rows]), torch.tensor([r[1] for r in want_rows]), atol=1e-6)
     assert torch.allclose(torch.tensor([r[2] for r in got_rows]), torch.tensor([r[2] for r in want_rows]), atol=1e-4)
@@ -60,14 +62,37 @@ def test_eval_lvis_cli_with_classes_per_prompt(tiny_checkpoint, chelsea_jpg, tmp
     Image.open(chelsea_jpg).save(images / "000000000001.jpg")
     cats = [{"id": k + 1, "name": n, "frequency": "rcf"[k % 3]} for k, n in enumerate(CLASSES)]
     gt = {
-        "images": [{"id": 1, "width": 451, "height": 300, "coco_url": "http://x/val2017/000000000001.jpg",
-                    "neg_category_ids": [3], "not_exhaustive_category_ids": []}],
+        "images": [
+            {
+                "id": 1,
+                "width": 451,
+                "height": 300,
+                "coco_url": "http://x/val2017/000000000001.jpg",
+                "neg_category_ids": [3],
+                "not_exhaustive_category_ids": [],
+            }
+        ],
         "categories": cats,
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [120, 20, 200, 260], "area": 52000}],
     }
     (tmp_path / "lvis.json").write_text(json.dumps(gt))
-    args = ["eval", "lvis", "--annotations", str(tmp_path / "lvis.json"), "--images", str(tmp_path), "--weights",
-            str(tiny_checkpoint), "--device", "cpu", "--image-size", "96", "--topk", "5", "--no-progress"]
+    args = [
+        "eval",
+        "lvis",
+        "--annotations",
+        str(tmp_path / "lvis.json"),
+        "--images",
+        str(tmp_path),
+        "--weights",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+        "--image-size",
+        "96",
+        "--topk",
+        "5",
+        "--no-progress",
+    ]
     assert main([*args, "--classes-per-prompt", "3", "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     capsys.readouterr()

@@ -67,7 +67,11 @@ def test_presets_of_the_released_sizes():
     for name in ("swin-t", "swin-b", "tiny"):  # the original head stays the default
         cfg = PRESETS[name]
         assert (cfg.contrastive_scale, cfg.contrastive_bias, cfg.share_class_head, cfg.share_box_head) == (
-            "none", False, True, True)
+            "none",
+            False,
+            True,
+            True,
+        )
 
 
 def test_config_round_trip_and_bad_values():
@@ -107,8 +111,11 @@ def test_unshared_heads_act_per_layer(tokenizer):
         for k in [k for k in state if k.startswith(("bbox_embed.0.", "class_embed.0."))]:
             state[k.replace(".0.", f".{i}.", 1)] = state[k]
     unshared.load_state_dict(state)
-    ref = {k.replace("bbox_embed.0.", "bbox_embed.").replace("class_embed.0.", "class_embed."): v
-           for k, v in state.items() if not k.startswith(("bbox_embed.1.", "class_embed.1."))}
+    ref = {
+        k.replace("bbox_embed.0.", "bbox_embed.").replace("class_embed.0.", "class_embed."): v
+        for k, v in state.items()
+        if not k.startswith(("bbox_embed.1.", "class_embed.1."))
+    }
     shared.load_state_dict(ref)
     a, b = _forward(unshared, tokenizer), _forward(shared, tokenizer)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.boxes, b.boxes)

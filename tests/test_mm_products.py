@@ -31,8 +31,19 @@ def mm_folder(tokenizer, tmp_path_factory):
 
 def test_detect_reads_the_mm_head(mm_folder, chelsea_jpg, capsys):
     assert json.loads((mm_folder / "config.json").read_text())["model_type"] == "mm-grounding-dino"
-    code = main(["detect", str(chelsea_jpg), "--weights", str(mm_folder), "--classes", "cat,remote control",
-                 "--box-threshold", "0.0", *FAST])
+    code = main(
+        [
+            "detect",
+            str(chelsea_jpg),
+            "--weights",
+            str(mm_folder),
+            "--classes",
+            "cat,remote control",
+            "--box-threshold",
+            "0.0",
+            *FAST,
+        ]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert code == 0
     dets = doc["results"][0]["detections"]
@@ -42,7 +53,9 @@ def test_detect_reads_the_mm_head(mm_folder, chelsea_jpg, capsys):
     from gdino.infer.detector import Detector
 
     again = Detector(model, image_size=96).detect(str(chelsea_jpg), ["cat", "remote control"], box_threshold=0.0)
-    assert max(d["score"] for d in dets) == pytest.approx(float(again[0].scores.max()), abs=1e-4)  # JSON keeps 4 decimals
+    assert max(d["score"] for d in dets) == pytest.approx(
+        float(again[0].scores.max()), abs=1e-4
+    )  # JSON keeps 4 decimals
 
 
 def test_label_writes_a_dataset(mm_folder, chelsea_jpg, tmp_path, capsys):
@@ -50,8 +63,22 @@ def test_label_writes_a_dataset(mm_folder, chelsea_jpg, tmp_path, capsys):
     photos.mkdir()
     Image.open(chelsea_jpg).save(photos / "a.jpg")
     out = tmp_path / "dataset"
-    code = main(["label", str(photos), "--classes", "cat,dog", "--out", str(out), "--weights", str(mm_folder),
-                 "--box-threshold", "0.05", "--no-progress", *FAST])
+    code = main(
+        [
+            "label",
+            str(photos),
+            "--classes",
+            "cat,dog",
+            "--out",
+            str(out),
+            "--weights",
+            str(mm_folder),
+            "--box-threshold",
+            "0.05",
+            "--no-progress",
+            *FAST,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     files = {p.name for p in out.rglob("*") if p.is_file()}
     assert any(name.endswith(".json") for name in files)
@@ -64,8 +91,23 @@ def test_segment_with_a_sam(mm_folder, chelsea_jpg, tmp_path, capsys):
     torch.manual_seed(0)
     sam = randomize_(build_sam(SAM_PRESETS["sam-tiny"]), seed=4)
     torch.save(sam.state_dict(), tmp_path / "sam.pth")
-    code = main(["segment", str(chelsea_jpg), "--classes", "cat", "--weights", str(mm_folder), "--segmenter",
-                 "sam-tiny", "--segmenter-weights", str(tmp_path / "sam.pth"), "--box-threshold", "0.0", *FAST])
+    code = main(
+        [
+            "segment",
+            str(chelsea_jpg),
+            "--classes",
+            "cat",
+            "--weights",
+            str(mm_folder),
+            "--segmenter",
+            "sam-tiny",
+            "--segmenter-weights",
+            str(tmp_path / "sam.pth"),
+            "--box-threshold",
+            "0.0",
+            *FAST,
+        ]
+    )
     doc = json.loads(capsys.readouterr().out)
     assert code == 0
     dets = doc["results"][0]["detections"]
@@ -80,8 +122,10 @@ def _coco(tmp_path, chelsea_jpg, names):
     gt = {
         "images": [{"id": i, "file_name": f"{i}.jpg", "width": 451, "height": 300} for i in (1, 2)],
         "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)],
-        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [120, 20, 200, 260], "area": 52000,
-                         "iscrowd": 0} for i in (1, 2)],
+        "annotations": [
+            {"id": i, "image_id": i, "category_id": 1, "bbox": [120, 20, 200, 260], "area": 52000, "iscrowd": 0}
+            for i in (1, 2)
+        ],
     }
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     return tmp_path / "gt.json", images
@@ -89,8 +133,24 @@ def _coco(tmp_path, chelsea_jpg, names):
 
 def test_eval_coco(mm_folder, chelsea_jpg, tmp_path, capsys):
     ann, images = _coco(tmp_path, chelsea_jpg, ["cat", "remote control"])
-    code = main(["eval", "coco", "--annotations", str(ann), "--images", str(images), "--weights", str(mm_folder),
-                 "--topk", "20", "--out", str(tmp_path / "out"), "--no-progress", *FAST])
+    code = main(
+        [
+            "eval",
+            "coco",
+            "--annotations",
+            str(ann),
+            "--images",
+            str(images),
+            "--weights",
+            str(mm_folder),
+            "--topk",
+            "20",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            *FAST,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["num_images"] == 2 and metrics["num_detections"] == 40 and 0.0 <= metrics["AP"] <= 1.0
@@ -98,12 +158,25 @@ def test_eval_coco(mm_folder, chelsea_jpg, tmp_path, capsys):
 
 def test_finetune_from_mm_weights(mm_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main([
-        "train", "smoke", f"model.weights={mm_folder}", "model.text_weights=null", "data.synthetic=2",
-        "data.synthetic_val=0", "data.synthetic_size=64", "data.image_size=64", "data.batch_size=1",
-        "data.num_workers=0", "schedule.epochs=1", "progress=false", "checkpoint.every_epochs=0",
-        "--output-dir", str(run),
-    ])
+    code = main(
+        [
+            "train",
+            "smoke",
+            f"model.weights={mm_folder}",
+            "model.text_weights=null",
+            "data.synthetic=2",
+            "data.synthetic_val=0",
+            "data.synthetic_size=64",
+            "data.image_size=64",
+            "data.batch_size=1",
+            "data.num_workers=0",
+            "schedule.epochs=1",
+            "progress=false",
+            "checkpoint.every_epochs=0",
+            "--out",
+            str(run),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     before, after = load_model(mm_folder), load_model(run / "model.safetensors")
     assert after.config == before.config  # the MM head variant is kept

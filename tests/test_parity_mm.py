@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "MMGroundingDinoForObjectDetection"):
     pytest.skip("this transformers has no MMGroundingDinoForObjectDetection (4.55+)", allow_module_level=True)
 
-from gdino.weights.load import load_model, save_hf
+from gdino.weights.load import load_model, save_hf  # noqa: E402
 
 CAPTIONS = ["a cat . a remote control .", "dog . the green traffic light . frisbee ."]
 BOX_TOL = 1e-4
@@ -33,17 +33,33 @@ def _hf_config(share: bool, swin=None, tiny: bool = True):
 
     if not tiny:
         return MMGroundingDinoConfig(
-            backbone_config=swin, text_config=BertConfig(), decoder_bbox_embed_share=share, decoder_cls_embed_share=share
+            backbone_config=swin,
+            text_config=BertConfig(),
+            decoder_bbox_embed_share=share,
+            decoder_cls_embed_share=share,
         )
     swin = SwinConfig(
-        embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=7,
-        out_indices=[2, 3, 4], out_features=["stage2", "stage3", "stage4"],
+        embed_dim=32,
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 4, 8],
+        window_size=7,
+        out_indices=[2, 3, 4],
+        out_features=["stage2", "stage3", "stage4"],
     )
     bert = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
     return MMGroundingDinoConfig(
-        backbone_config=swin, text_config=bert, num_queries=50, encoder_layers=2, decoder_layers=2, d_model=64,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-        decoder_bbox_embed_share=share, decoder_cls_embed_share=share,
+        backbone_config=swin,
+        text_config=bert,
+        num_queries=50,
+        encoder_layers=2,
+        decoder_layers=2,
+        d_model=64,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        decoder_bbox_embed_share=share,
+        decoder_cls_embed_share=share,
     )
 
 
@@ -91,8 +107,11 @@ def _run_both(hf, model, caption, pixels, mask):
     with torch.no_grad():
         ours = model(pixels, text, pixel_mask=mask.bool())
         theirs = hf(
-            pixel_values=pixels, pixel_mask=mask, input_ids=text.input_ids,
-            attention_mask=text.attention_mask.long(), token_type_ids=text.token_type_ids,
+            pixel_values=pixels,
+            pixel_mask=mask,
+            input_ids=text.input_ids,
+            attention_mask=text.attention_mask.long(),
+            token_type_ids=text.token_type_ids,
         )
     return ours, theirs
 
@@ -124,7 +143,9 @@ def test_matches_transformers(case, caption, batch, padded):
     # the query selection's own head: transformers scores every encoder token; gdino keeps the top K
     scores = theirs.enc_outputs_class.max(-1).values
     top = scores.topk(ours.enc_logits.shape[1], dim=1).indices
-    enc_ref = torch.gather(theirs.enc_outputs_class, 1, top[..., None].expand(-1, -1, theirs.enc_outputs_class.shape[-1]))
+    enc_ref = torch.gather(
+        theirs.enc_outputs_class, 1, top[..., None].expand(-1, -1, theirs.enc_outputs_class.shape[-1])
+    )
     assert (ours.enc_logits[:, :, valid] - enc_ref[:, :, : int(valid.sum())]).abs().max() < LOGIT_TOL
     assert theirs.logits[:, :, valid].std() > 0.2 and theirs.pred_boxes.std() > 0.05  # not trivially small
 
@@ -211,8 +232,12 @@ def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
     from gdino.infer.preprocess import PreprocessConfig, preprocess
 
     swin = SwinConfig(
-        embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
-        out_indices=[2, 3, 4], out_features=["stage2", "stage3", "stage4"],
+        embed_dim=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        out_indices=[2, 3, 4],
+        out_features=["stage2", "stage3", "stage4"],
     )
     torch.manual_seed(0)
     hf = _realistic(MMGroundingDinoForObjectDetection(_hf_config(False, swin, tiny=False)), seed=5)
@@ -230,20 +255,33 @@ def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
     tokenizer.save_pretrained(str(folder))
     ours = load_model(folder)
     want = get_preset("mm-grounding-dino-tiny")
-    assert dataclasses.replace(ours.config, name=want.name, dropout=want.dropout,
-                               backbone=dataclasses.replace(ours.config.backbone, drop_path_rate=0.2)) == want
+    assert (
+        dataclasses.replace(
+            ours.config,
+            name=want.name,
+            dropout=want.dropout,
+            backbone=dataclasses.replace(ours.config.backbone, drop_path_rate=0.2),
+        )
+        == want
+    )
     ours = load_model(folder, config=dataclasses.replace(ours.config, inverse_sigmoid_eps=1e-5))
 
     pixels = preprocess(load_image(chelsea_jpg).image, PreprocessConfig(size=(800, 1333)))[None]
     text = ours.tokenize(["cat . remote control ."])
     with torch.no_grad():
         out = ours(pixels, text)
-        ref = hf(pixel_values=pixels, input_ids=text.input_ids, attention_mask=text.attention_mask.long(),
-                 token_type_ids=text.token_type_ids)
+        ref = hf(
+            pixel_values=pixels,
+            input_ids=text.input_ids,
+            attention_mask=text.attention_mask.long(),
+            token_type_ids=text.token_type_ids,
+        )
     valid = out.text_mask[0]
     ours_logits, ref_logits = out.logits[0][:, valid], ref.logits[0][:, : int(valid.sum())]
-    cost = torch.maximum(torch.cdist(out.boxes[0], ref.pred_boxes[0], p=float("inf")),
-                         torch.cdist(ours_logits, ref_logits, p=float("inf")))
+    cost = torch.maximum(
+        torch.cdist(out.boxes[0], ref.pred_boxes[0], p=float("inf")),
+        torch.cdist(ours_logits, ref_logits, p=float("inf")),
+    )
     rows, cols = optimize.linear_sum_assignment(cost.numpy())
     rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
     box_err = (out.boxes[0, rows] - ref.pred_boxes[0, cols]).abs().max().item()

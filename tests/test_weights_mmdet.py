@@ -66,13 +66,19 @@ def test_llmdet_training_leftovers_skipped_unknown_keys_refused(tokenizer, tmp_p
     path = tmp_path / "llmdet.pth"
     save_mmdet(model, path)
     obj = torch.load(path, weights_only=True)
-    extras = {"lmm.model.layers.0.weight": torch.zeros(2), "connector.0.weight": torch.zeros(2),
-              "region_connector.0.bias": torch.zeros(2), "image_seperate.weight": torch.zeros(2),
-              "ref_point_head.layers.0.weight": torch.zeros(2),
-              "dn_query_generator.label_embedding.weight": torch.zeros(256, 64)}
+    extras = {
+        "lmm.model.layers.0.weight": torch.zeros(2),
+        "connector.0.weight": torch.zeros(2),
+        "region_connector.0.bias": torch.zeros(2),
+        "image_seperate.weight": torch.zeros(2),
+        "ref_point_head.layers.0.weight": torch.zeros(2),
+        "dn_query_generator.label_embedding.weight": torch.zeros(256, 64),
+    }
     torch.save({"state_dict": {**obj["state_dict"], **extras}, "meta": obj["meta"]}, path)
     assert _same(load_model(path, tokenizer=tokenizer), model)
-    torch.save({"state_dict": {**obj["state_dict"], "bbox_head.extra.weight": torch.zeros(1)}, "meta": obj["meta"]}, path)
+    torch.save(
+        {"state_dict": {**obj["state_dict"], "bbox_head.extra.weight": torch.zeros(1)}, "meta": obj["meta"]}, path
+    )
     with pytest.raises(CheckpointError, match="unexpected 1 .*bbox_head.extra.weight"):
         load_model(path, tokenizer=tokenizer)
 
@@ -118,15 +124,35 @@ def _column_order(c: int) -> list[int]:
 
 # ------------------------------------------------------------------ an independent mmdet -> HF map
 _SUBS = [  # (mmdetection pattern, transformers replacement), read off the published table
-    (r"backbone\.patch_embed\.projection\.", "model.backbone.conv_encoder.model.embeddings.patch_embeddings.projection."),
+    (
+        r"backbone\.patch_embed\.projection\.",
+        "model.backbone.conv_encoder.model.embeddings.patch_embeddings.projection.",
+    ),
     (r"backbone\.patch_embed\.norm\.", "model.backbone.conv_encoder.model.embeddings.norm."),
-    (r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.relative_position_bias_table",
-     r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.attention.self.relative_position_bias_table"),
-    (r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm1\.", r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.layernorm_before."),
-    (r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm2\.", r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.layernorm_after."),
-    (r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.proj\.", r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.attention.output.dense."),
-    (r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.0\.0\.", r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.intermediate.dense."),
-    (r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.1\.", r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.output.dense."),
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.relative_position_bias_table",
+        r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.attention.self.relative_position_bias_table",
+    ),
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm1\.",
+        r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.layernorm_before.",
+    ),
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm2\.",
+        r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.layernorm_after.",
+    ),
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.proj\.",
+        r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.attention.output.dense.",
+    ),
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.0\.0\.",
+        r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.intermediate.dense.",
+    ),
+    (
+        r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.1\.",
+        r"model.backbone.conv_encoder.model.encoder.layers.\1.blocks.\2.output.dense.",
+    ),
     (r"backbone\.stages\.(\d+)\.downsample\.", r"model.backbone.conv_encoder.model.encoder.layers.\1.downsample."),
     (r"language_model\.language_backbone\.body\.model\.", "model.text_backbone."),
     (r"text_feat_map\.", "model.text_projection."),
@@ -134,8 +160,14 @@ _SUBS = [  # (mmdetection pattern, transformers replacement), read off the publi
     (r"encoder\.fusion_layers\.(\d+)\.gamma_l", r"model.encoder.layers.\1.fusion_layer.text_param"),
     (r"encoder\.fusion_layers\.(\d+)\.layer_norm_v\.", r"model.encoder.layers.\1.fusion_layer.layer_norm_vision."),
     (r"encoder\.fusion_layers\.(\d+)\.layer_norm_l\.", r"model.encoder.layers.\1.fusion_layer.layer_norm_text."),
-    (r"encoder\.fusion_layers\.(\d+)\.attn\.(values_|out_)?v_proj\.", r"model.encoder.layers.\1.fusion_layer.attn.\2vision_proj."),
-    (r"encoder\.fusion_layers\.(\d+)\.attn\.(values_|out_)?l_proj\.", r"model.encoder.layers.\1.fusion_layer.attn.\2text_proj."),
+    (
+        r"encoder\.fusion_layers\.(\d+)\.attn\.(values_|out_)?v_proj\.",
+        r"model.encoder.layers.\1.fusion_layer.attn.\2vision_proj.",
+    ),
+    (
+        r"encoder\.fusion_layers\.(\d+)\.attn\.(values_|out_)?l_proj\.",
+        r"model.encoder.layers.\1.fusion_layer.attn.\2text_proj.",
+    ),
     (r"encoder\.layers\.(\d+)\.self_attn\.", r"model.encoder.layers.\1.deformable_layer.self_attn."),
     (r"encoder\.layers\.(\d+)\.norms\.0\.", r"model.encoder.layers.\1.deformable_layer.self_attn_layer_norm."),
     (r"encoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.", r"model.encoder.layers.\1.deformable_layer.fc1."),
@@ -224,7 +256,10 @@ def test_mmdet_file_maps_to_the_hf_layout_by_the_published_table(tokenizer, tmp_
     save_hf(model, tmp_path / "hf")
     mm_state = torch.load(tmp_path / "mm.pth", weights_only=True)["state_dict"]
     ours = _mmdet_to_hf(mm_state, model.config.dec_layers, len(model.config.backbone.out_indices))
-    written = {k: v for k, v in load_file(str(tmp_path / "hf" / "model.safetensors")).items()
-               if not k.endswith("relative_position_index")}
+    written = {
+        k: v
+        for k, v in load_file(str(tmp_path / "hf" / "model.safetensors")).items()
+        if not k.endswith("relative_position_index")
+    }
     assert ours.keys() == written.keys()
     assert all(torch.equal(ours[k], written[k]) for k in ours)

@@ -45,20 +45,49 @@ _MERGE = re.compile(r"^backbone\.stages\.\d+\.downsample\.(reduction\.weight|nor
 #: unfold position p holds official block _ORDER[p] (and the other way round: the map is its own inverse)
 _ORDER = [0, 2, 1, 3]
 
-_SWIN_BLOCK = {"attn.qkv": "attn.w_msa.qkv", "attn.proj": "attn.w_msa.proj",
-               "attn.relative_position_bias_table": "attn.w_msa.relative_position_bias_table",
-               "mlp.fc1": "ffn.layers.0.0", "mlp.fc2": "ffn.layers.1", "norm1": "norm1", "norm2": "norm2"}
-_ENCODER_LAYER = {"norm1": "norms.0", "linear1": "ffn.layers.0.0", "linear2": "ffn.layers.1", "norm2": "norms.1",
-                  "self_attn": "self_attn"}
-_TEXT_LAYER = {"self_attn": "self_attn.attn", "norm1": "norms.0", "linear1": "ffn.layers.0.0",
-               "linear2": "ffn.layers.1", "norm2": "norms.1"}
-_DECODER_LAYER = {"self_attn": "self_attn.attn", "norm2": "norms.0", "ca_text": "cross_attn_text.attn",
-                  "catext_norm": "norms.1", "cross_attn": "cross_attn", "norm1": "norms.2",
-                  "linear1": "ffn.layers.0.0", "linear2": "ffn.layers.1", "norm3": "norms.3"}
-_TOP = {"feat_map": "text_feat_map", "transformer.level_embed": "level_embed",
-        "transformer.tgt_embed": "query_embedding", "transformer.enc_output": "memory_trans_fc",
-        "transformer.enc_output_norm": "memory_trans_norm", "transformer.decoder.norm": "decoder.norm",
-        "transformer.decoder.ref_point_head": "decoder.ref_point_head"}
+_SWIN_BLOCK = {
+    "attn.qkv": "attn.w_msa.qkv",
+    "attn.proj": "attn.w_msa.proj",
+    "attn.relative_position_bias_table": "attn.w_msa.relative_position_bias_table",
+    "mlp.fc1": "ffn.layers.0.0",
+    "mlp.fc2": "ffn.layers.1",
+    "norm1": "norm1",
+    "norm2": "norm2",
+}
+_ENCODER_LAYER = {
+    "norm1": "norms.0",
+    "linear1": "ffn.layers.0.0",
+    "linear2": "ffn.layers.1",
+    "norm2": "norms.1",
+    "self_attn": "self_attn",
+}
+_TEXT_LAYER = {
+    "self_attn": "self_attn.attn",
+    "norm1": "norms.0",
+    "linear1": "ffn.layers.0.0",
+    "linear2": "ffn.layers.1",
+    "norm2": "norms.1",
+}
+_DECODER_LAYER = {
+    "self_attn": "self_attn.attn",
+    "norm2": "norms.0",
+    "ca_text": "cross_attn_text.attn",
+    "catext_norm": "norms.1",
+    "cross_attn": "cross_attn",
+    "norm1": "norms.2",
+    "linear1": "ffn.layers.0.0",
+    "linear2": "ffn.layers.1",
+    "norm3": "norms.3",
+}
+_TOP = {
+    "feat_map": "text_feat_map",
+    "transformer.level_embed": "level_embed",
+    "transformer.tgt_embed": "query_embedding",
+    "transformer.enc_output": "memory_trans_fc",
+    "transformer.enc_output_norm": "memory_trans_norm",
+    "transformer.decoder.norm": "decoder.norm",
+    "transformer.decoder.ref_point_head": "decoder.ref_point_head",
+}
 
 
 def is_mmdet(state: Mapping[str, Tensor]) -> bool:
@@ -112,15 +141,15 @@ def route(key: str, config: GroundingDINOConfig) -> Route:
             keys = tuple(f"bbox_head.cls_branches.{i}.{rest}" for i in indices)
         return Route(keys, "alias", write_all=True)
     if key.startswith("transformer.enc_out_bbox_embed."):
-        return rename(_reg(layers, key[len("transformer.enc_out_bbox_embed."):]))
+        return rename(_reg(layers, key[len("transformer.enc_out_bbox_embed.") :]))
     if key.startswith("transformer.enc_out_class_embed."):
         return rename(f"bbox_head.cls_branches.{layers}.{key.rsplit('.', 1)[1]}")
     m = re.fullmatch(r"transformer\.encoder\.(layers|text_layers|fusion_layers)\.(\d+)\.(.*)", key)
     if m:
-        kind, i, rest = m.groups()
+        kind, index, rest = m.groups()
         if kind == "fusion_layers":
-            return rename(f"encoder.fusion_layers.{i}.{rest}")
-        return rename(f"encoder.{kind}.{i}.{_sub(rest, _ENCODER_LAYER if kind == 'layers' else _TEXT_LAYER)}")
+            return rename(f"encoder.fusion_layers.{index}.{rest}")
+        return rename(f"encoder.{kind}.{index}.{_sub(rest, _ENCODER_LAYER if kind == 'layers' else _TEXT_LAYER)}")
     m = re.fullmatch(r"transformer\.decoder\.layers\.(\d+)\.(.*)", key)
     if m:
         return rename(f"decoder.layers.{m.group(1)}.{_sub(m.group(2), _DECODER_LAYER)}")
@@ -168,7 +197,9 @@ def to_mmdet_values(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def infer_config(state: Mapping[str, Tensor], origin: str, presets: Mapping[str, GroundingDINOConfig]) -> GroundingDINOConfig:
+def infer_config(
+    state: Mapping[str, Tensor], origin: str, presets: Mapping[str, GroundingDINOConfig]
+) -> GroundingDINOConfig:
     """The architecture of an mmdetection file without a gdino config: Swin width and feature maps
     from the shapes, the class heads from their parameters, sharing from whether the per-layer
     copies are equal."""
@@ -179,8 +210,11 @@ def infer_config(state: Mapping[str, Tensor], origin: str, presets: Mapping[str,
     extra = len({m.group(1) for k in state if (m := re.match(r"neck\.extra_convs\.(\d+)\.", k))})
     biased = any(re.fullmatch(r"bbox_head\.cls_branches\.\d+\.bias", k) for k in state)
     learned = any(re.fullmatch(r"bbox_head\.cls_branches\.\d+\.log_scale", k) for k in state)
-    matches = [c for c in presets.values() if c.backbone.embed_dim == embed and c.contrastive_bias == biased
-               and not c.calibrated_logits]
+    matches = [
+        c
+        for c in presets.values()
+        if c.backbone.embed_dim == embed and c.contrastive_bias == biased and not c.calibrated_logits
+    ]
     if not matches:
         raise CheckpointError(f"{origin}: no preset has a Swin of embed dim {embed}; pass config=")
     cfg = matches[0]
@@ -223,8 +257,9 @@ def write_pth(state: Mapping[str, Tensor], config: GroundingDINOConfig, path: st
     p = Path(path)
     tensors = to_mmdet_values(state)
     for key, value in relative_position_indices(config).items():  # mmdetection saves them
-        s, b = re.fullmatch(r"backbone\.0\.layers\.(\d+)\.blocks\.(\d+)\..*", key).groups()
-        tensors[f"backbone.stages.{s}.blocks.{b}.attn.w_msa.relative_position_index"] = value
+        m = re.fullmatch(r"backbone\.0\.layers\.(\d+)\.blocks\.(\d+)\..*", key)
+        assert m is not None  # the names relative_position_indices writes
+        tensors[f"backbone.stages.{m.group(1)}.blocks.{m.group(2)}.attn.w_msa.relative_position_index"] = value
     meta: dict[str, Any] = {"gdino_config": config.to_dict()}
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     try:
