@@ -228,8 +228,8 @@ def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
     from transformers import MMGroundingDinoForObjectDetection, SwinConfig
 
     from gdino.config import get_preset
-    from gdino.infer.images import load_image
-    from gdino.infer.preprocess import PreprocessConfig, preprocess
+    from gdino.core.images import load_image
+    from gdino.core.preprocess import PreprocessConfig, preprocess
 
     swin = SwinConfig(
         embed_dim=96,

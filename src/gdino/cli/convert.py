@@ -14,8 +14,8 @@ def register(subparsers) -> None:
         "convert",
         help="convert weights between official .pth, Hugging Face folder, gdino .safetensors and mmdetection .pth",
         description="Convert Grounding DINO weights (also MM-Grounding-DINO and LLMDet). SRC: official or "
-        "mmdetection .pth, HF-layout folder, gdino .safetensors or a released name (gdino convert --help lists "
-        "them in docs/weights.md: grounding-dino-tiny, mm-grounding-dino-tiny, llmdet-tiny, ...). The output "
+        "mmdetection .pth, HF-layout folder, gdino .safetensors or a released name (grounding-dino-tiny, "
+        "mm-grounding-dino-tiny, llmdet-tiny, ...: docs/weights.md lists them). The output "
         "format follows DST: .pth -> official, .safetensors -> gdino, a folder -> hf; --format overrides "
         "(--format mmdet for mmdetection's .pth).",
     )
