@@ -242,14 +242,17 @@ def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
     torch.manual_seed(0)
     hf = _realistic(MMGroundingDinoForObjectDetection(_hf_config(False, swin, tiny=False)), seed=5)
     with torch.no_grad():
-        # small box updates, as trained heads make (six random ones push boxes to the border), and
-        # the query selection's score of an empty (invalid) token at 0 + bias: otherwise random
-        # weights may rank the ~1k invalid border tokens, whose anchors are +inf, above all the rest
+        # small box updates, as trained heads make (six random ones push boxes to the border); and
+        # the query selection must prefer real tokens: the ~1k invalid border tokens (anchors +inf,
+        # memory zeroed) all score enc_output_norm(enc_output(0)) . text, which with these random
+        # weights beats most real tokens. Zero biases make that score the head's bias alone, and the
+        # flipped norm scale turns the real tokens' mostly negative dot products positive.
         for name, p in hf.named_parameters():
             if re.search(r"bbox_embed\.(\d+\.)?layers\.2\.", name):
                 p.mul_(0.05)
         hf.model.enc_output.bias.zero_()
         hf.model.enc_output_norm.bias.zero_()
+        hf.model.enc_output_norm.weight.neg_()
     folder = tmp_path / "mm-swin-t-random"
     hf.save_pretrained(folder)
     tokenizer.save_pretrained(str(folder))
