@@ -220,10 +220,11 @@ def test_gdino_convert_round_trip(case, tmp_path):
 
 @pytest.mark.slow
 def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
-    """Full size (the mm-grounding-dino-tiny / llmdet-tiny shapes) on a real photo. Near-tied encoder
-    scores could swap a few of the 900 selected queries between the implementations, so the queries
-    are matched one to one (Hungarian, on the larger of the box and logit max-errors): every match must
-    agree within the tolerances and at most 1% of the matches may be off the diagonal (swaps)."""
+    """Full size (the mm-grounding-dino-tiny / llmdet-tiny shapes) on a real photo. Encoder scores of
+    ~22k tokens tie within float rounding, so the two implementations may order a few of the 900
+    selected tokens differently. The selection must give the same score at every rank (1e-5); the
+    decoder outputs are matched one to one (Hungarian, on the larger of the box and logit errors) and
+    all but the swapped queries (at most 2%) must agree within 1e-4."""
     optimize = pytest.importorskip("scipy.optimize")
     from transformers import MMGroundingDinoForObjectDetection, SwinConfig
 
@@ -286,11 +287,20 @@ def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
         torch.cdist(ours_logits, ref_logits, p=float("inf")),
     )
     rows, cols = optimize.linear_sum_assignment(cost.numpy())
-    rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
-    box_err = (out.boxes[0, rows] - ref.pred_boxes[0, cols]).abs().max().item()
-    logit_err = (ours_logits[rows] - ref_logits[cols]).abs().max().item()
-    swapped = int((rows != cols).sum())
-    print(f"MM full size: box error {box_err:.2e}, logit error {logit_err:.2e}, swapped {swapped}/900")
-    assert box_err < 1e-4 and logit_err < 1e-4
-    assert swapped <= 9
+    err = cost[torch.as_tensor(rows), torch.as_tensor(cols)]
+    n = int(valid.sum())
+    # the query selection: gdino's k-th selected score equals transformers' k-th best token score,
+    # so any difference in the selected tokens is between tokens whose scores tie within 1e-5
+    ref_sorted = ref.enc_outputs_class[0, :, :n].max(-1).values.sort(descending=True).values
+    ours_sel = out.enc_logits[0][:, valid].max(-1).values
+    sel_err = (ours_sel - ref_sorted[: len(ours_sel)]).abs().max().item()
+    bad = int((err > 1e-4).sum())
+    print(
+        f"MM full size: selection score error {sel_err:.1e}; {900 - bad}/900 queries matched within 1e-4 "
+        f"(median {err.median():.1e})"
+    )
+    assert sel_err < 1e-5
+    # the rest: two tokens tied within sel_err that trade ranks also trade content embeddings
+    # (tgt_embed is indexed by rank), so both their queries differ; measured here: 12 of 900
+    assert bad <= 18
     assert ref_logits.std() > 0.1 and ref.pred_boxes.std() > 0.05
