@@ -17,6 +17,7 @@ Training-only leftovers (the denoising label embedding, LLMDet's language-model 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from gdino.config import GroundingDINOConfig
 from gdino.errors import CheckpointError
+from gdino.weights.official import relative_position_indices
 from gdino.weights.strict import Route, rename
 
 #: a key only mmdetection checkpoints have
@@ -203,8 +205,6 @@ def infer_config(
     """The architecture of an mmdetection file without a gdino config: Swin width and feature maps
     from the shapes, the class heads from their parameters, sharing from whether the per-layer
     copies are equal."""
-    import dataclasses
-
     embed = int(state[MARKER].shape[0])
     convs = len({m.group(1) for k in state if (m := re.match(r"neck\.convs\.(\d+)\.", k))})
     extra = len({m.group(1) for k in state if (m := re.match(r"neck\.extra_convs\.(\d+)\.", k))})
@@ -252,8 +252,6 @@ def _copies_differ(state: Mapping[str, Tensor], prefix: str, layers: int) -> boo
 
 def write_pth(state: Mapping[str, Tensor], config: GroundingDINOConfig, path: str | os.PathLike) -> None:
     """``{"state_dict": mmdetection tensors, "meta": {"gdino_config": ...}}``, atomically."""
-    from gdino.weights.official import relative_position_indices
-
     p = Path(path)
     tensors = to_mmdet_values(state)
     for key, value in relative_position_indices(config).items():  # mmdetection saves them
