@@ -47,6 +47,7 @@ def _rss_mb() -> float:
 
 
 def worker(impl: str, folder: str, size: str, warmup: int, repeats: int, out: str) -> None:
+    # imports here: each worker process loads only the implementation it times
     import torch
 
     from gdino.text.tokenizer import load_tokenizer
@@ -56,9 +57,13 @@ def worker(impl: str, folder: str, size: str, warmup: int, repeats: int, out: st
     tok = load_tokenizer(folder)
     enc = tok([CAPTION], return_tensors="pt")
     if impl == "gdino":
+        import dataclasses
+
         from gdino.weights.load import load_model
 
         model = load_model(folder)
+        # transformers' logit eps (1e-5; gdino keeps the official 1e-3): the same math, so the outputs compare
+        model = load_model(folder, config=dataclasses.replace(model.config, inverse_sigmoid_eps=1e-5))
 
         def forward():
             o = model(pixels, model.tokenize([CAPTION]))
@@ -70,8 +75,12 @@ def worker(impl: str, folder: str, size: str, warmup: int, repeats: int, out: st
         model = MMGroundingDinoForObjectDetection.from_pretrained(folder).eval()
 
         def forward():
-            o = model(pixel_values=pixels, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                      token_type_ids=enc["token_type_ids"])
+            o = model(
+                pixel_values=pixels,
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                token_type_ids=enc["token_type_ids"],
+            )
             n = int(enc["attention_mask"][0].sum())
             return o.logits[0, :, :n], o.pred_boxes[0]
 
@@ -86,10 +95,17 @@ def worker(impl: str, folder: str, size: str, warmup: int, repeats: int, out: st
                 walls.append(time.perf_counter() - t0)
                 cpus.append(time.process_time() - c0)
     torch.save({"logits": logits.float(), "boxes": boxes.float()}, out + ".pt")
-    Path(out).write_text(json.dumps({
-        "wall": walls, "cpu": cpus, "peak_delta_mb": _peak_mb() - before, "load": os.getloadavg()[0],
-        "params": sum(p.numel() for p in model.parameters()),
-    }))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "wall": walls,
+                "cpu": cpus,
+                "peak_delta_mb": _peak_mb() - before,
+                "load": os.getloadavg()[0],
+                "params": sum(p.numel() for p in model.parameters()),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -127,8 +143,19 @@ def main() -> None:
                 res = {}
                 for impl in ("gdino", "transformers"):
                     out = str(Path(tmp) / f"{preset}-{size}-{impl}.json")
-                    cmd = [sys.executable, __file__, "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-                           "--worker", impl, str(folder), size, out]
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--warmup",
+                        str(args.warmup),
+                        "--repeats",
+                        str(args.repeats),
+                        "--worker",
+                        impl,
+                        str(folder),
+                        size,
+                        out,
+                    ]
                     subprocess.run(cmd, check=True, env=env)
                     res[impl] = json.loads(Path(out).read_text())
                     res[impl]["out"] = torch.load(out + ".pt")
@@ -137,16 +164,33 @@ def main() -> None:
                 logit_diff = (a["logits"] - b["logits"]).abs().max().item()
                 g, t = (statistics.median(res[i]["wall"]) for i in ("gdino", "transformers"))
                 gc, tc = (statistics.median(res[i]["cpu"]) for i in ("gdino", "transformers"))
-                rows.append((preset, size, g, t, t / g, tc / gc, res["gdino"]["peak_delta_mb"],
-                             res["transformers"]["peak_delta_mb"], res["gdino"]["load"], box_diff, logit_diff,
-                             res["gdino"]["params"]))
+                rows.append(
+                    (
+                        preset,
+                        size,
+                        g,
+                        t,
+                        t / g,
+                        tc / gc,
+                        res["gdino"]["peak_delta_mb"],
+                        res["transformers"]["peak_delta_mb"],
+                        res["gdino"]["load"],
+                        box_diff,
+                        logit_diff,
+                        res["gdino"]["params"],
+                    )
+                )
                 print(rows[-1], flush=True)
-    print("\n| preset | size | gdino wall s | transformers wall s | speed-up, wall | speed-up, CPU | "
-          "peak mem delta gdino / transformers MiB | load | max box / logit diff | params |")
+    print(
+        "\n| preset | size | gdino wall s | transformers wall s | speed-up, wall | speed-up, CPU | "
+        "peak mem delta gdino / transformers MiB | load | max box / logit diff | params |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for p, s, g, t, r, rc, mg, mt, load, bd, ld, n in rows:
-        print(f"| {p} | {s} | {g:.2f} | {t:.2f} | **{r:.2f}x** | {rc:.2f}x | {mg:.0f} / {mt:.0f} | {load:.1f} | "
-              f"{bd:.1e} / {ld:.1e} | {n / 1e6:.1f}M |")
+        print(
+            f"| {p} | {s} | {g:.2f} | {t:.2f} | **{r:.2f}x** | {rc:.2f}x | {mg:.0f} / {mt:.0f} | {load:.1f} | "
+            f"{bd:.1e} / {ld:.1e} | {n / 1e6:.1f}M |"
+        )
 
 
 if __name__ == "__main__":
