@@ -3,7 +3,10 @@
 Every field is read by the model builder; checkpoints carry their config (``to_dict``/``from_dict``).
 Presets: ``swin-t`` (groundingdino_swint_ogc), ``swin-b`` (groundingdino_swinb_cogcoor), ``tiny`` and
 ``tiny-b`` (fast random-init test models), ``small-minilm`` (a Swin-T-shaped detector with the 6-layer
-MiniLM text encoder, for small trained models).
+MiniLM text encoder, for small trained models), and the MM-Grounding-DINO / LLMDet architectures
+``mm-grounding-dino-{tiny,base,large}`` and ``llmdet-{tiny,base,large}`` (Swin-T/B/L; the same
+detector with scaled, biased class heads and per-layer class and box heads), plus ``tiny-mm`` (the
+``tiny`` test model with that head variant).
 """
 
 from __future__ import annotations
@@ -72,10 +75,25 @@ class GroundingDINOConfig:
     # training from scratch: token logits scaled by 1/sqrt(hidden_dim) plus a learned bias starting
     # at the focal-loss prior (-log(99)); off for the released checkpoints (plain dot product)
     calibrated_logits: bool = False
+    # class heads (mmdetection's ContrastiveEmbed): dot products scaled "none" (the original), "sqrt"
+    # (/ sqrt(hidden_dim): MM-Grounding-DINO, LLMDet) or "learned" (* exp(log_scale)), plus a learned
+    # scalar bias per head when contrastive_bias; the encoder's query selection has its own head
+    contrastive_scale: str = "none"
+    contrastive_bias: bool = False
+    # one class head and one box MLP for all decoder layers (the original) or one per layer (MM-GDINO)
+    share_class_head: bool = True
+    share_box_head: bool = True
     fusion_init_gamma: float = 1e-4
     fusion_droppath: float = 0.1
     dropout: float = 0.0
     name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.contrastive_scale not in ("none", "sqrt", "learned"):
+            raise GdinoError(f"contrastive_scale must be none, sqrt or learned, got {self.contrastive_scale!r}")
+        if self.calibrated_logits and (self.contrastive_bias or self.contrastive_scale != "none"):
+            raise GdinoError("calibrated_logits already scales and shifts the logits; "
+                             "do not combine it with contrastive_scale / contrastive_bias")
 
     @property
     def text_nheads(self) -> int:
@@ -122,6 +140,9 @@ def _build(kind: type, values: dict[str, Any], where: str, **extra: Any) -> Any:
 
 SWIN_T = SwinConfig()
 SWIN_B = SwinConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12)
+SWIN_L = SwinConfig(
+    embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12, out_indices=(0, 1, 2, 3)
+)
 TINY_SWIN = SwinConfig(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=7)
 TINY_TEXT = TextEncoderConfig(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128
@@ -129,6 +150,21 @@ TINY_TEXT = TextEncoderConfig(
 MINILM_TEXT = TextEncoderConfig(
     hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536
 )
+
+#: MM-Grounding-DINO's head variant (mmdetection ``contrastive_cfg=dict(log_scale="auto", bias=True)``,
+#: ``share_pred_layer=False``); its BERT has no pooler (``add_pooling_layer=False``)
+MM_HEADS: dict[str, Any] = {
+    "contrastive_scale": "sqrt", "contrastive_bias": True, "share_class_head": False, "share_box_head": False,
+    "text": TextEncoderConfig(with_pooler=False),
+}
+
+
+def _mm(name: str, backbone: SwinConfig) -> GroundingDINOConfig:
+    """A released MM-Grounding-DINO / LLMDet size: Swin-L adds its stride-4 map (5 feature levels)."""
+    return GroundingDINOConfig(
+        backbone=backbone, num_feature_levels=len(backbone.out_indices) + 1, name=name, **MM_HEADS
+    )
+
 
 PRESETS: dict[str, GroundingDINOConfig] = {
     "swin-t": GroundingDINOConfig(backbone=SWIN_T, name="swin-t"),
@@ -156,7 +192,13 @@ PRESETS: dict[str, GroundingDINOConfig] = {
         calibrated_logits=True,
         name="small-minilm",
     ),
+    **{f"{family}-{size}": _mm(f"{family}-{size}", bb)
+       for family in ("mm-grounding-dino", "llmdet")
+       for size, bb in (("tiny", SWIN_T), ("base", SWIN_B), ("large", SWIN_L))},
 }
+PRESETS["tiny-mm"] = dataclasses.replace(
+    PRESETS["tiny"], **{**MM_HEADS, "text": dataclasses.replace(TINY_TEXT, with_pooler=False)}, name="tiny-mm"
+)
 
 
 def get_preset(name: str) -> GroundingDINOConfig:

@@ -12,14 +12,16 @@ def register(subparsers) -> None:
     """Add the ``convert`` sub-command."""
     p = subparsers.add_parser(
         "convert",
-        help="convert weights between official .pth, Hugging Face folder and gdino .safetensors",
-        description="Convert Grounding DINO weights. SRC: official .pth, HF-layout folder, gdino .safetensors "
-        "or a released name (grounding-dino-tiny/-base). The output format follows DST: .pth -> official, "
-        ".safetensors -> gdino, a folder -> hf; --format overrides.",
+        help="convert weights between official .pth, Hugging Face folder, gdino .safetensors and mmdetection .pth",
+        description="Convert Grounding DINO weights (also MM-Grounding-DINO and LLMDet). SRC: official or "
+        "mmdetection .pth, HF-layout folder, gdino .safetensors or a released name (grounding-dino-tiny, "
+        "mm-grounding-dino-tiny, llmdet-tiny, ...: docs/weights.md lists them). The output "
+        "format follows DST: .pth -> official, .safetensors -> gdino, a folder -> hf; --format overrides "
+        "(--format mmdet for mmdetection's .pth).",
     )
     p.add_argument("src", metavar="SRC", help="weights to read")
     p.add_argument("dst", metavar="DST", help="file or folder to write")
-    p.add_argument("--format", dest="fmt", choices=("official", "hf", "gdino"), help="output format")
+    p.add_argument("--format", dest="fmt", choices=("official", "hf", "gdino", "mmdet"), help="output format")
     p.add_argument("--config", metavar="PRESET", help="architecture preset when SRC does not say (e.g. swin-t)")
     p.set_defaults(func=run_convert)
 

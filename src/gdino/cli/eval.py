@@ -37,6 +37,11 @@ def register(subparsers) -> None:
         help="Fixed AP: detections kept per class over the dataset (default 10000)",
     )
     lv.add_argument("--per-class", action="store_true", help="also print per-class AP")
+    lv.add_argument(
+        "--classes-per-prompt", type=int, default=None, metavar="N",
+        help="prompts of N classes, --topk pairs kept per prompt (mmdetection's chunked protocol: 40 for the "
+        "published MM-Grounding-DINO and LLMDet LVIS numbers); default: as many as fit in 256 tokens",
+    )
     lv.set_defaults(func=run_lvis)
 
     o = sub.add_parser("odinw", help="AP per dataset of an ODinW listing, with mean and median")
@@ -84,7 +89,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _evaluator(args):
     from gdino.eval.evaluator import EVAL_DETECT, EvalOptions, Evaluator  # lazy: keeps gdino --help fast
 
-    given = {k: getattr(args, k) for k in ("dtype", "batch_size", "image_size", "topk") if getattr(args, k) is not None}
+    names = ("dtype", "batch_size", "image_size", "topk", "classes_per_prompt")
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     options = EvalOptions.build(
         detect=EVAL_DETECT, **given, backend=args.backend, progress=not args.no_progress, max_images=args.max_images,
     )

@@ -46,15 +46,23 @@ def to_detections(
 
 def _classes_mode(prompt: Prompt, raw: Sequence[RawChunk], b: int, opts: DetectOptions) -> tuple[Tensor, Tensor, Tensor]:
     scores = [class_scores(logits[b], _positive_map(chunk)) for (logits, _, _), chunk in zip(raw, prompt.chunks)]
-    if opts.topk is not None:
-        sel = select_topk_chunks(scores, [c.class_indices for c in prompt.chunks], opts.topk)
-        if sel.chunks is None:
-            raise RuntimeError("select_topk_chunks gave no chunk ids")
-        keep = sel.scores > opts.box_threshold
-        chunk_ids, queries = sel.chunks[keep].tolist(), sel.queries[keep].tolist()
-        boxes = torch.stack([raw[c][1][b, q] for c, q in zip(chunk_ids, queries)]) if queries else torch.zeros(0, 4)
-        return boxes, sel.scores[keep], sel.class_ids[keep]
     boxes_parts, scores_parts, class_parts = [], [], []
+    if opts.topk is not None:
+        # one top-k over all chunks; with fixed-size chunks one per chunk, as mmdetection's chunked_size
+        n = len(scores)
+        groups = [[i] for i in range(n)] if prompt.chunk_size is not None else [list(range(n))]
+        for g in groups:
+            sel = select_topk_chunks([scores[i] for i in g], [prompt.chunks[i].class_indices for i in g], opts.topk)
+            if sel.chunks is None:
+                raise RuntimeError("select_topk_chunks gave no chunk ids")
+            keep = sel.scores > opts.box_threshold
+            chunk_ids, queries = [g[c] for c in sel.chunks[keep].tolist()], sel.queries[keep].tolist()
+            boxes_parts.append(
+                torch.stack([raw[c][1][b, q] for c, q in zip(chunk_ids, queries)]) if queries else torch.zeros(0, 4)
+            )
+            scores_parts.append(sel.scores[keep])
+            class_parts.append(sel.class_ids[keep])
+        return torch.cat(boxes_parts), torch.cat(scores_parts), torch.cat(class_parts)
     for (_, chunk_boxes, _), chunk, sc in zip(raw, prompt.chunks, scores):
         sel1 = select_per_query(sc, opts.box_threshold)
         boxes_parts.append(chunk_boxes[b, sel1.queries])

@@ -118,33 +118,37 @@ class Detector:
         return self.model.tokenizer
 
     # ------------------------------------------------------------------ inputs
-    def prompt(self, prompt_or_classes: PromptInput) -> Prompt:
-        """Build (and remember) the :class:`Prompt` for a caption or a class list."""
+    def prompt(self, prompt_or_classes: PromptInput, options: DetectOptions | None = None) -> Prompt:
+        """Build (and remember) the :class:`Prompt` for a caption or a class list (chunked by
+        ``classes_per_prompt`` of ``options``, default this detector's)."""
         if isinstance(prompt_or_classes, Prompt):
             return prompt_or_classes
+        per_chunk = (options or self.options).classes_per_prompt
         key: Hashable
         if isinstance(prompt_or_classes, str):
             key = prompt_or_classes
         else:
             names = prompt_or_classes if isinstance(prompt_or_classes, (list, tuple)) else [prompt_or_classes]
-            key = ("\0classes", *names)
+            key = ("\0classes", per_chunk, *names)
         try:
             found = self._prompt_cache.get(key)
         except TypeError:  # unhashable: let build_prompt explain
             found = None
         if found is None:
-            found = build_prompt(self.tokenizer, prompt_or_classes, self.max_text_len)
+            found = build_prompt(self.tokenizer, prompt_or_classes, self.max_text_len, per_chunk)
             self._prompt_cache.put(key, found)
         return found
 
-    def prompts_for(self, prompt_or_classes: Any, count: int, per_image: bool = False) -> list[Prompt]:
+    def prompts_for(
+        self, prompt_or_classes: Any, count: int, per_image: bool = False, options: DetectOptions | None = None
+    ) -> list[Prompt]:
         """``count`` prompts: the same one for every image, or (``per_image``) one given per image."""
         if not per_image:
-            return [self.prompt(prompt_or_classes)] * count
+            return [self.prompt(prompt_or_classes, options)] * count
         if isinstance(prompt_or_classes, str) or len(prompt_or_classes) != count:
             n = 1 if isinstance(prompt_or_classes, str) else len(prompt_or_classes)
             raise PromptError(f"per_image=True needs one prompt per image: got {n} for {count} images")
-        return [self.prompt(p) for p in prompt_or_classes]
+        return [self.prompt(p, options) for p in prompt_or_classes]
 
     def prepare(self, image: Any, name: str | None = None, options: DetectOptions | None = None) -> PreparedImage:
         """Load and preprocess one image (thread-safe; usable from loader threads)."""
@@ -210,7 +214,7 @@ class Detector:
         opts = self.resolve(options, overrides)
         if isinstance(prompts, str):
             raise PromptError("detect_prompts() takes a list of prompts; use detect() for one prompt")
-        built = [self.prompt(p) for p in prompts]
+        built = [self.prompt(p, opts) for p in prompts]
         if not built:
             raise PromptError("no prompts given")
         prepared = [self.prepare(img, options=opts) for img in as_image_list(images)]
@@ -248,7 +252,7 @@ class Detector:
     ) -> list[Detections]:
         opts = self.resolve(options, overrides)
         items = as_image_list(images)
-        prompts = self.prompts_for(prompt_or_classes, len(items), per_image)
+        prompts = self.prompts_for(prompt_or_classes, len(items), per_image, opts)
         results: list[Detections | None] = [None] * len(items)
         for index, dets in self.run(((i, img, p) for i, (img, p) in enumerate(zip(items, prompts))), opts, segmenter):
             results[index] = dets

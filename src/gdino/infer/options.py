@@ -38,6 +38,10 @@ class DetectOptions:
             pairs above ``box_threshold`` (the official evaluation post-processing).
         clip: clip boxes to the image.
         max_pixels: refuse larger images (decompression-bomb guard; None: no limit).
+        classes_per_prompt: classes mode: run class lists in prompts of at most this many classes
+            and keep ``topk`` pairs per prompt (mmdetection's ``chunked_size``: 40 for the published
+            MM-Grounding-DINO and LLMDet LVIS numbers); None: as many classes as fit in
+            ``max_text_len`` tokens, one ``topk`` over all of them.
     """
 
     box_threshold: float = 0.35
@@ -51,13 +55,14 @@ class DetectOptions:
     topk: int | None = None
     clip: bool = True
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    classes_per_prompt: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("box_threshold", "text_threshold"):
             check_fraction(name, getattr(self, name))
         if self.nms_iou is not None:
             check_fraction("nms_iou", self.nms_iou)
-        for name in ("max_detections", "topk", "max_pixels"):
+        for name in ("max_detections", "topk", "max_pixels", "classes_per_prompt"):
             value = getattr(self, name)
             if value is not None and not _positive_int(value):
                 raise GdinoError(f"{_flag(name)} must be a positive integer, got {value!r}")

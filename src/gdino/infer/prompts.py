@@ -50,10 +50,13 @@ class Prompt:
     mode: str  # "classes" or "phrases"
     class_names: tuple[str, ...]
     chunks: tuple[PromptChunk, ...]
+    #: classes mode: at most this many classes per chunk, and top-k decoding per chunk
+    #: (mmdetection's ``chunked_size``); None: chunks packed up to ``max_text_len`` tokens
+    chunk_size: int | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.mode, self.class_names, tuple(c.caption for c in self.chunks))
+        return (self.mode, self.class_names, tuple(c.caption for c in self.chunks), self.chunk_size)
 
     @property
     def text(self) -> str:
@@ -61,8 +64,11 @@ class Prompt:
         return " ".join(c.caption for c in self.chunks)
 
 
-def build_prompt(tokenizer, prompt_or_classes: str | Sequence[str] | Prompt, max_text_len: int = 256) -> Prompt:
-    """A :class:`Prompt` from a caption (str) or a class list (sequence of str).
+def build_prompt(
+    tokenizer, prompt_or_classes: str | Sequence[str] | Prompt, max_text_len: int = 256, max_classes: int | None = None
+) -> Prompt:
+    """A :class:`Prompt` from a caption (str) or a class list (sequence of str); ``max_classes``
+    caps the classes per chunk (default: as many as fit in ``max_text_len`` tokens).
 
     Raises:
         PromptError: empty or punctuation-only prompt, empty class list, bad class names.
@@ -77,18 +83,18 @@ def build_prompt(tokenizer, prompt_or_classes: str | Sequence[str] | Prompt, max
         if not all(isinstance(c, str) for c in prompt_or_classes):
             bad = next(c for c in prompt_or_classes if not isinstance(c, str))
             raise PromptError(f"class names must be strings, got {type(bad).__name__}: {bad!r}")
-        return _class_prompt(tokenizer, list(prompt_or_classes), max_text_len)
+        return _class_prompt(tokenizer, list(prompt_or_classes), max_text_len, max_classes)
     raise PromptError(
         f"a prompt must be a string (caption) or a list of class names, got {type(prompt_or_classes).__name__}"
     )
 
 
-def _class_prompt(tokenizer, classes: list[str], max_text_len: int) -> Prompt:
+def _class_prompt(tokenizer, classes: list[str], max_text_len: int, max_classes: int | None = None) -> Prompt:
     chunks = []
-    for ch in chunk_classes(tokenizer, classes, max_text_len):
+    for ch in chunk_classes(tokenizer, classes, max_text_len, max_classes):
         pm = positive_map(ch.token_spans, max_text_len, normalize=True)
         chunks.append(PromptChunk(ch.caption, tuple(ch.class_indices), pm))
-    return Prompt("classes", class_names_of(classes), tuple(chunks))
+    return Prompt("classes", class_names_of(classes), tuple(chunks), max_classes)
 
 
 def class_names_of(classes: Sequence[str]) -> tuple[str, ...]:

@@ -104,7 +104,8 @@ class Decoder(nn.Module):
         Args:
             tgt: ``[B,Q,d]`` content queries; ref_logits: ``[B,Q,4]`` anchors in logit space;
             memory: ``[B,S,d]``; valid_ratios: ``[B,levels,2]``; text: ``[B,L,d]``;
-            text_padding: ``[B,L]`` True=padding; bbox_embed: the shared box MLP;
+            text_padding: ``[B,L]`` True=padding; bbox_embed: the shared box MLP, or a
+            ``ModuleList`` with one per layer;
             self_blocked: ``[Q,Q]`` bool mask for self-attention (denoising) or None.
         Returns:
             ``(hs, refs)``: per layer the normed output ``[B,Q,d]`` and the reference boxes
@@ -118,7 +119,7 @@ class Decoder(nn.Module):
         refs: list[Tensor] = [ref]
         output = tgt
         d = tgt.shape[-1]
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             ref_input = ref[:, :, None] * ratios
             query_pos = self.ref_point_head(box_sine_embedding(ref_input[:, :, 0], d // 2).to(tgt.dtype))
             args = (output, query_pos, ref_input, memory, padding, spatial_shapes, level_start_index, text, text_padding, blocked)
@@ -126,7 +127,8 @@ class Decoder(nn.Module):
                 output = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
             else:
                 output = layer(*args)
-            new_ref = (bbox_embed(output) + inverse_sigmoid(ref, self.eps)).sigmoid()
+            head = bbox_embed[i] if isinstance(bbox_embed, nn.ModuleList) else bbox_embed
+            new_ref = (head(output) + inverse_sigmoid(ref, self.eps)).sigmoid()
             refs.append(new_ref)
             ref = new_ref.detach()
             hs.append(self.norm(output))

@@ -19,7 +19,7 @@ from gdino.model.decoder import Decoder, DenoisingQueries
 from gdino.model.encoder import Encoder
 from gdino.model.features import GroundingDINOOutput, ImageFeatures, TextFeatures
 from gdino.model.fusion import BiAttentionBlock
-from gdino.model.heads import MLP, contrastive_logits
+from gdino.model.heads import MLP, ContrastiveHead, per_layer
 from gdino.model.position import image_position_embedding
 from gdino.model.query_selection import select_queries
 from gdino.model.text_encoder import build_bert, run_bert
@@ -48,6 +48,8 @@ class Transformer(nn.Module):
         self.enc_output = nn.Linear(d, d)
         self.enc_output_norm = nn.LayerNorm(d)
         self.enc_out_bbox_embed = MLP(d, d, 4, 3)
+        # the query selection's class head (parameters only with contrastive_scale/bias)
+        self.enc_out_class_embed = ContrastiveHead(cfg.max_text_len, cfg.contrastive_scale, cfg.contrastive_bias)
         self._init_gamma = cfg.fusion_init_gamma
         self._reset_parameters()
 
@@ -87,7 +89,12 @@ class GroundingDINO(nn.Module):
             in_ch = d
         self.input_proj = nn.ModuleList(projs)
         self.transformer = Transformer(cfg)
-        self.bbox_embed = MLP(d, d, 4, 3)
+        # box MLP and class head: one shared by all decoder layers, or one per layer (ModuleList)
+        self.bbox_embed = _heads(lambda: MLP(d, d, 4, 3), cfg.dec_layers, cfg.share_box_head)
+        self.class_embed = _heads(
+            lambda: ContrastiveHead(cfg.max_text_len, cfg.contrastive_scale, cfg.contrastive_bias),
+            cfg.dec_layers, cfg.share_class_head,
+        )
         if cfg.calibrated_logits:
             self.logit_bias = nn.Parameter(torch.tensor(-math.log(99.0)))
         self._reset_parameters()
@@ -99,8 +106,10 @@ class GroundingDINO(nn.Module):
             conv = cast(nn.Conv2d, proj[0])
             nn.init.xavier_uniform_(conv.weight, gain=1)
             nn.init.zeros_(cast(Tensor, conv.bias))  # built with bias=True
-        nn.init.zeros_(cast(nn.Linear, self.bbox_embed.layers[-1]).weight)
-        nn.init.zeros_(cast(nn.Linear, self.bbox_embed.layers[-1]).bias)
+        for i in range(self.config.dec_layers):
+            mlp = cast(MLP, per_layer(self.bbox_embed, i))
+            nn.init.zeros_(cast(nn.Linear, mlp.layers[-1]).weight)
+            nn.init.zeros_(cast(nn.Linear, mlp.layers[-1]).bias)
 
     # ------------------------------------------------------------------ gradient checkpointing
     @property
@@ -183,6 +192,7 @@ class GroundingDINO(nn.Module):
             memory, padding, shapes, text_memory, text.token_mask,
             enc_output=tr.enc_output, enc_output_norm=tr.enc_output_norm,
             enc_out_bbox_embed=tr.enc_out_bbox_embed, num_queries=cfg.num_queries, max_text_len=cfg.max_text_len,
+            class_head=tr.enc_out_class_embed,
         )
         content = tr.tgt_embed.weight[: ref_logits.shape[1]][None].expand(b, -1, -1)
         blocked = None
@@ -195,8 +205,10 @@ class GroundingDINO(nn.Module):
             text_memory, text_padding, self.bbox_embed, blocked,
         )
         eps = cfg.inverse_sigmoid_eps
-        layer_logits = [contrastive_logits(h, text_memory, text.token_mask, cfg.max_text_len) for h in hs]
-        layer_boxes = [(self.bbox_embed(h) + inverse_sigmoid(r, eps)).sigmoid() for h, r in zip(hs, refs)]
+        layer_logits = [per_layer(self.class_embed, i)(h, text_memory, text.token_mask) for i, h in enumerate(hs)]
+        layer_boxes = [
+            (per_layer(self.bbox_embed, i)(h) + inverse_sigmoid(r, eps)).sigmoid() for i, (h, r) in enumerate(zip(hs, refs))
+        ]
         if cfg.calibrated_logits:  # a monotone map: query selection's ranking is unchanged
             scale = cfg.hidden_dim**-0.5
             layer_logits = [t * scale + self.logit_bias for t in layer_logits]
@@ -236,8 +248,13 @@ class GroundingDINO(nn.Module):
         return self.feat_map.weight.dtype
 
     def num_parameters(self) -> int:
-        """Unique parameters (the shared box head counts once)."""
+        """Unique parameters (a shared box head counts once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def _heads(make: Any, layers: int, shared: bool) -> nn.Module:
+    """One module (``shared``) or a ``ModuleList`` of ``layers`` independent ones."""
+    return make() if shared else nn.ModuleList(make() for _ in range(layers))
 
 
 def build_model(config: GroundingDINOConfig, tokenizer: Any = None) -> GroundingDINO:

@@ -3,6 +3,8 @@ top ``num_queries`` as anchor boxes (official two-stage "standard")."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -60,13 +62,15 @@ def select_queries(
     enc_out_bbox_embed: nn.Module,
     num_queries: int,
     max_text_len: int,
+    class_head: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pick the ``num_queries`` encoder tokens that best match any text token.
 
     Args:
         memory: ``[B,S,d]`` enhanced image tokens; padding ``[B,S]``; text ``[B,L,d]`` enhanced text;
         token_mask ``[B,L]`` True on real tokens. The three modules are the official
-        ``enc_output``, ``enc_output_norm`` and ``enc_out_bbox_embed``.
+        ``enc_output``, ``enc_output_norm`` and ``enc_out_bbox_embed``; ``class_head(queries, text,
+        token_mask)`` scores tokens (default: the plain :func:`contrastive_logits`).
     Returns:
         ``(ref_logits [B,K,4] detached, enc_logits [B,K,T], enc_boxes [B,K,4])``: the anchors in logit
         space, and the selected proposals' own class logits and (undetached, sigmoid) boxes, which
@@ -74,12 +78,16 @@ def select_queries(
     """
     zeroed, proposals = encoder_proposals(memory, padding, shapes)
     out_memory = enc_output_norm(enc_output(zeroed))
-    scores = contrastive_logits(out_memory, text, token_mask, max_text_len).max(-1).values
+    if class_head is None:
+        def class_head(q: Tensor, t: Tensor, m: Tensor) -> Tensor:
+            return contrastive_logits(q, t, m, max_text_len)
+
+    scores = class_head(out_memory, text, token_mask).max(-1).values
     k = min(num_queries, scores.shape[1])
     topk = torch.topk(scores, k, dim=1).indices
     # the box head is row-wise: run it on the K selected tokens only (the official runs it on all S)
     selected = torch.gather(out_memory, 1, topk[..., None].expand(-1, -1, out_memory.shape[-1]))
     anchors = torch.gather(proposals, 1, topk[..., None].expand(-1, -1, 4)).to(out_memory.dtype)
     ref_undetached = enc_out_bbox_embed(selected) + anchors
-    enc_logits = contrastive_logits(selected, text, token_mask, max_text_len)
+    enc_logits = class_head(selected, text, token_mask)
     return ref_undetached.detach(), enc_logits, ref_undetached.sigmoid()

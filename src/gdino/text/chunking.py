@@ -35,8 +35,11 @@ class ClassChunk:
     num_tokens: int
 
 
-def chunk_classes(tokenizer, classes: Sequence[str], max_text_len: int = 256) -> list[ClassChunk]:
-    """Greedily pack ``classes`` (in order) into captions of at most ``max_text_len`` tokens.
+def chunk_classes(
+    tokenizer, classes: Sequence[str], max_text_len: int = 256, max_classes: int | None = None
+) -> list[ClassChunk]:
+    """Greedily pack ``classes`` (in order) into captions of at most ``max_text_len`` tokens (and at
+    most ``max_classes`` classes each, when given: mmdetection's fixed-size LVIS chunks).
 
     A list that fits gives one chunk whose caption equals ``classes_to_caption(classes)[0]``.
     Each class is tokenized once; a class costs its tokens plus one for its " ." separator.
@@ -50,6 +53,8 @@ def chunk_classes(tokenizer, classes: Sequence[str], max_text_len: int = 256) ->
     names = [clean_class_name(c) for c in classes]
     if not names:
         raise PromptError("the class list is empty: give at least one class name")
+    if max_classes is not None and (not isinstance(max_classes, int) or max_classes < 1):
+        raise PromptError(f"classes per prompt must be a positive int, got {max_classes!r}")
     budget = max_text_len - 2  # [CLS] and [SEP]
     counts = [len(ids) for ids in tokenizer(names, add_special_tokens=False)["input_ids"]]
 
@@ -64,7 +69,7 @@ def chunk_classes(tokenizer, classes: Sequence[str], max_text_len: int = 256) ->
                 f"class {i} {classes[i]!r} is {n} tokens long; at most {budget - 1} fit in one "
                 f"prompt of max_text_len={max_text_len}: shorten the name"
             )
-        if used + n + 1 > budget:
+        if used + n + 1 > budget or (max_classes is not None and len(current) >= max_classes):
             groups.append(current)
             current, used = [], 0
         current.append(i)

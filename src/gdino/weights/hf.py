@@ -1,5 +1,7 @@
 """The Hugging Face layout: a folder with ``config.json`` + ``model.safetensors`` (+ tokenizer files),
-as written by transformers' ``GroundingDinoForObjectDetection.save_pretrained``.
+as written by transformers' ``GroundingDinoForObjectDetection.save_pretrained`` (and
+``MMGroundingDinoForObjectDetection``'s, for MM-Grounding-DINO and LLMDet: per-layer ``class_embed.{i}.bias``
+and ``bbox_embed.{i}.*``, and the query selection's ``model.encoder_output_class_embed.bias``).
 
 Key names of transformers 4.x (``attention.self.query``...) and of 5.x's in-memory Swin
 (``swin.encoder...attention.q_proj``...) are both read; files are written in the 4.x layout, which
@@ -15,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -70,6 +73,7 @@ _TOP = {
     "transformer.enc_output": "model.enc_output",
     "transformer.enc_output_norm": "model.enc_output_norm",
     "transformer.enc_out_bbox_embed": "model.encoder_output_bbox_embed",
+    "transformer.enc_out_class_embed": "model.encoder_output_class_embed",
     "transformer.decoder.norm": "model.decoder.layer_norm",
     "transformer.decoder.ref_point_head": "model.decoder.reference_points_head",
 }
@@ -128,10 +132,11 @@ def route(key: str, dec_layers: int, v5: bool = False) -> Route:
     """HF key(s) holding gdino's ``key``."""
     if key.startswith("backbone."):
         return _swin_route(key[len("backbone."):], v5)
-    if key.startswith("bbox_embed."):
-        rest = key[len("bbox_embed."):]
-        copies = [f"bbox_embed.{n}.{rest}" for n in range(dec_layers)]
-        copies += [f"model.decoder.bbox_embed.{n}.{rest}" for n in range(dec_layers)]
+    m = re.fullmatch(r"(bbox_embed|class_embed)\.(\d+\.)?(.*)", key)
+    if m:  # a head shared by all decoder layers (every copy must be equal), or layer i's own
+        head, layer, rest = m.groups()
+        layers = [int(layer[:-1])] if layer else list(range(dec_layers))
+        copies = [f"{head}.{n}.{rest}" for n in layers] + [f"model.decoder.{head}.{n}.{rest}" for n in layers]
         return Route(tuple(copies), "alias")
     m = re.fullmatch(r"transformer\.encoder\.(layers|text_layers|fusion_layers)\.(\d+)\.(.*)", key)
     if m:
@@ -181,6 +186,22 @@ def relative_position_buffers(config: GroundingDINOConfig) -> dict[str, Tensor]:
 
 def has_pooler(state: Mapping[str, Tensor]) -> bool:
     return any(k.startswith("model.text_backbone.pooler.") for k in state)
+
+
+def layers_differ(state: Mapping[str, Tensor], head: str) -> bool:
+    """Whether the file holds per-layer copies of ``head`` (``bbox_embed`` / ``class_embed``) that
+    differ from layer 0's: then the layers cannot share one head."""
+    pattern = re.compile(rf"^(model\.decoder\.)?{head}\.(\d+)\.(.*)$")
+    first: dict[str, Tensor] = {}
+    others: list[tuple[str, Tensor]] = []
+    for key, value in state.items():
+        m = pattern.match(key)
+        if m:
+            if m.group(2) == "0":
+                first[m.group(3)] = value
+            else:
+                others.append((m.group(3), value))
+    return any(rest not in first or first[rest].shape != v.shape or not torch.equal(first[rest], v) for rest, v in others)
 
 
 # ---------------------------------------------------------------------------------------- files

@@ -1,4 +1,12 @@
-"""transformers ``GroundingDinoConfig`` (``config.json``) <-> gdino's :class:`GroundingDINOConfig`."""
+"""transformers ``GroundingDinoConfig`` / ``MMGroundingDinoConfig`` (``config.json``) <-> gdino's
+:class:`GroundingDINOConfig`.
+
+``mm-grounding-dino`` (MM-Grounding-DINO and LLMDet) is the same detector with class heads that
+divide by sqrt(d_model) and add a learned bias, and optionally per-layer class and box heads
+(``decoder_cls_embed_share`` / ``decoder_bbox_embed_share``). Configs written by transformers 4.x
+lack those two keys and their heads are always per layer; gdino then reads the sharing from the
+weights (per-layer copies that differ from layer 0's cannot be shared).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +22,6 @@ FIXED_OPTIONS: dict[str, Any] = {
     "two_stage": True,
     "embedding_init_target": True,
     "query_dim": 4,
-    "decoder_bbox_embed_share": True,
     "two_stage_bbox_embed_share": False,
     "position_embedding_type": "sine",
     "activation_function": "relu",
@@ -22,16 +29,30 @@ FIXED_OPTIONS: dict[str, Any] = {
 }
 
 
-def config_from_hf(data: Mapping[str, Any], origin: str, with_pooler: bool = False) -> GroundingDINOConfig:
-    """gdino config from a transformers ``GroundingDinoConfig`` dict (``config.json``).
+#: the model types read, and whether their class heads are MM-Grounding-DINO's (scaled and biased)
+MODEL_TYPES = {"grounding-dino": False, "mm-grounding-dino": True}
+
+
+def config_from_hf(
+    data: Mapping[str, Any],
+    origin: str,
+    with_pooler: bool = False,
+    per_layer_boxes: bool = False,
+    per_layer_classes: bool = False,
+) -> GroundingDINOConfig:
+    """gdino config from a transformers ``GroundingDinoConfig`` / ``MMGroundingDinoConfig`` dict.
 
     ``with_pooler``: whether the weights carry BERT's (unused) pooler, which transformers omits.
+    ``per_layer_boxes`` / ``per_layer_classes``: whether the weights hold per-layer heads that
+    differ (used when the config does not say whether the heads are shared).
 
     Raises:
         CheckpointError: another model type, or options gdino does not implement.
     """
-    if data.get("model_type") != "grounding-dino":
-        raise CheckpointError(f"{origin} is a {data.get('model_type')!r} model, not grounding-dino")
+    model_type = data.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"{origin} is a {model_type!r} model, not grounding-dino or mm-grounding-dino")
+    mm = MODEL_TYPES[str(model_type)]
     bb = dict(data.get("backbone_config") or {})
     tx = dict(data.get("text_config") or {})
     problems = []
@@ -70,7 +91,14 @@ def config_from_hf(data: Mapping[str, Any], origin: str, with_pooler: bool = Fal
         with_pooler=with_pooler,
     )
     gd = GroundingDINOConfig()
+    heads: dict[str, Any] = {
+        "share_box_head": bool(data.get("decoder_bbox_embed_share", not (mm and per_layer_boxes))),
+        "share_class_head": bool(data.get("decoder_cls_embed_share", not (mm and per_layer_classes))) if mm else True,
+    }
+    if mm:
+        heads.update(contrastive_scale="sqrt", contrastive_bias=True)
     return GroundingDINOConfig(
+        **heads,
         backbone=backbone,
         text=text,
         hidden_dim=data.get("d_model", 256),
@@ -88,7 +116,7 @@ def config_from_hf(data: Mapping[str, Any], origin: str, with_pooler: bool = Fal
         fusion_init_gamma=float(extra.get("fusion_init_gamma", gd.fusion_init_gamma)),
         fusion_droppath=float(data.get("fusion_droppath", 0.1)),
         dropout=float(extra.get("dropout", data.get("dropout", 0.0))),
-        name=str(extra.get("name", "hf")),
+        name=str(extra.get("name", "mm-hf" if mm else "hf")),
     )
 
 
@@ -96,13 +124,27 @@ def config_to_hf(cfg: GroundingDINOConfig) -> dict[str, Any]:
     """``config.json`` contents for transformers' ``GroundingDinoForObjectDetection``.
 
     gdino-only fields go under ``"gdino"`` (transformers keeps unknown keys), so a round trip
-    through this layout gives back the same gdino config.
+    through this layout gives back the same gdino config. The MM-Grounding-DINO head variant is
+    written as ``mm-grounding-dino`` (``MMGroundingDinoForObjectDetection``).
+
+    Raises:
+        CheckpointError: class heads transformers has no model for (a learned scale, a bias
+            without the sqrt scale, calibrated logits).
     """
     bb, tx = cfg.backbone, cfg.text
+    mm = cfg.contrastive_bias
+    if (cfg.contrastive_scale, cfg.contrastive_bias) not in (("none", False), ("sqrt", True)) or cfg.calibrated_logits:
+        raise CheckpointError(
+            f"{cfg.name}: class heads with contrastive_scale={cfg.contrastive_scale!r}, "
+            f"contrastive_bias={cfg.contrastive_bias}, calibrated_logits={cfg.calibrated_logits} have no "
+            "Hugging Face model (only the original and MM-Grounding-DINO's); save as gdino .safetensors"
+        )
+    if not mm and not cfg.share_class_head:
+        raise CheckpointError(f"{cfg.name}: per-layer class heads need the MM-Grounding-DINO head variant in the HF layout")
     stages = len(bb.depths)
     return {
-        "architectures": ["GroundingDinoForObjectDetection"],
-        "model_type": "grounding-dino",
+        "architectures": ["MMGroundingDinoForObjectDetection" if mm else "GroundingDinoForObjectDetection"],
+        "model_type": "mm-grounding-dino" if mm else "grounding-dino",
         "backbone_config": {
             "model_type": "swin",
             "embed_dim": bb.embed_dim,
@@ -142,6 +184,8 @@ def config_to_hf(cfg: GroundingDINOConfig) -> dict[str, Any]:
         "fusion_droppath": cfg.fusion_droppath,
         "dropout": cfg.dropout,
         **FIXED_OPTIONS,
+        "decoder_bbox_embed_share": cfg.share_box_head,
+        **({"decoder_cls_embed_share": cfg.share_class_head} if mm else {}),
         "gdino": {
             "name": cfg.name,
             "inverse_sigmoid_eps": cfg.inverse_sigmoid_eps,

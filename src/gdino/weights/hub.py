@@ -1,6 +1,8 @@
 """Released weights by name, through the Hugging Face Hub cache: the one resolver every loader uses.
 
 ``grounding-dino-tiny`` / ``grounding-dino-base`` are IDEA-Research's HF-layout repositories;
+``mm-grounding-dino-*`` OpenMMLab's MM-Grounding-DINO and ``llmdet-*`` iSEE-Laboratory's LLMDet, both as
+transformers' ``MMGroundingDinoForObjectDetection`` writes them (docs/weights.md says which to pick);
 segmenters and tokenizers name single files. The local cache is tried first; a download happens
 only when the files are not cached and the hub is reachable (``HF_HUB_OFFLINE`` unset). The errors
 tell the two failures apart: "not cached and offline" says what to fetch, with the download
@@ -22,6 +24,21 @@ from gdino.errors import CheckpointError, first_line
 MODELS = {
     "grounding-dino-tiny": "IDEA-Research/grounding-dino-tiny",
     "grounding-dino-base": "IDEA-Research/grounding-dino-base",
+    # MM-Grounding-DINO (mmdetection's open reproduction); the short names are the zero-shot models
+    # transformers' documentation uses (Swin-T) and the widest zero-shot pre-training (Swin-B, Swin-L)
+    "mm-grounding-dino-tiny": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+    "mm-grounding-dino-base": "openmmlab-community/mm_grounding_dino_base_o365v1_goldg_v3det",
+    "mm-grounding-dino-large": "openmmlab-community/mm_grounding_dino_large_o365v2_oiv6_goldg",
+    "mm-grounding-dino-tiny-o365v1-goldg": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg",
+    "mm-grounding-dino-tiny-o365v1-goldg-grit": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_grit",
+    "mm-grounding-dino-tiny-o365v1-goldg-grit-v3det": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_grit_v3det",
+    # trained on COCO, LVIS, RefCOCO and more too: not zero-shot on those benchmarks
+    "mm-grounding-dino-base-all": "openmmlab-community/mm_grounding_dino_base_all",
+    "mm-grounding-dino-large-all": "openmmlab-community/mm_grounding_dino_large_all",
+    # LLMDet (CVPR 2025): MM-Grounding-DINO fine-tuned with a large language model's supervision
+    "llmdet-tiny": "iSEE-Laboratory/llmdet_tiny",
+    "llmdet-base": "iSEE-Laboratory/llmdet_base",
+    "llmdet-large": "iSEE-Laboratory/llmdet_large",
 }
 #: files needed from a repository (weights, config, tokenizer, preprocessing)
 PATTERNS = ["*.json", "*.safetensors", "vocab.txt"]

@@ -3,6 +3,8 @@
 Formats (see docs/internals.md for gdino's names):
 
 - ``official``: the released ``.pth`` (``{"model": state_dict}`` or a bare state dict);
+- ``mmdet``: mmdetection's ``.pth`` (``{"state_dict": ...}``; MM-Grounding-DINO, LLMDet), read from
+  any ``.pth`` whose keys are mmdetection's, written with ``fmt="mmdet"``;
 - ``hf``: a Hugging Face folder (``config.json`` + ``model.safetensors`` + tokenizer files);
 - ``gdino``: gdino's ``.safetensors`` with config and vocabulary in the metadata;
 - a name, ``grounding-dino-tiny`` / ``grounding-dino-base``, resolved through the hub cache.
@@ -32,14 +34,15 @@ from gdino.errors import CheckpointError, GdinoError
 from gdino.model.backbone import WindowAttention, relative_position_index
 from gdino.model.grounding_dino import GroundingDINO
 from gdino.text.tokenizer import default_tokenizer_dir, load_tokenizer
-from gdino.weights import hf, hub, native, official
+from gdino.weights import hf, hub, mmdet, native, official
 from gdino.weights.hf_config import config_from_hf
 from gdino.weights.strict import Route, gather, scatter
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("official", "hf", "gdino")
+FORMATS = ("official", "hf", "gdino", "mmdet")
 _DERIVED = re.compile(r"(^|\.)relative_position_index$")
+_CLASS_BIAS = re.compile(r"(^|\.)class_embed\.(\d+\.)?bias$")
 _OFFICIAL_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
@@ -111,6 +114,12 @@ def save_hf(model: GroundingDINO, folder: str | os.PathLike) -> None:
     hf.write_folder(scatter(state, hf.routes(list(state), model.config)), model.config, folder, model.tokenizer)
 
 
+def save_mmdet(model: GroundingDINO, path: str | os.PathLike) -> None:
+    """mmdetection's ``.pth`` layout (``{"state_dict": ..., "meta": {"gdino_config": ...}}``)."""
+    state = _own_state(model)
+    mmdet.write_pth(scatter(state, mmdet.routes(list(state), model.config)), model.config, path)
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None, config: GroundingDINOConfig | str | None = None) -> str:
     """Convert weights between the formats; returns the format written (``fmt`` or guessed from ``dst``)."""
     fmt = fmt or guess_format(dst)
@@ -121,7 +130,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = No
     model.tokenizer = find_tokenizer(ckpt, None)
     if model.tokenizer is None:
         logger.warning("no tokenizer found for %s; %s is written without one", ckpt.origin, dst)
-    {"official": save_official, "hf": save_hf, "gdino": save_model}[fmt](model, dst)
+    {"official": save_official, "hf": save_hf, "gdino": save_model, "mmdet": save_mmdet}[fmt](model, dst)
     return fmt
 
 
@@ -135,7 +144,7 @@ def guess_format(dst: str | os.PathLike) -> str:
         return "gdino"
     if p.is_dir() or not suffix:
         return "hf"
-    raise GdinoError(f"cannot tell the format of {p} from its suffix; pass --format official|hf|gdino")
+    raise GdinoError(f"cannot tell the format of {p} from its suffix; pass --format official|hf|gdino|mmdet")
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -166,6 +175,8 @@ def read_checkpoint(weights: str | os.PathLike, config: GroundingDINOConfig | st
 def _read_official(path: Path, override: GroundingDINOConfig | None) -> Checkpoint:
     state, saved = official.read_pth(path)
     origin = str(path)
+    if mmdet.is_mmdet(state):
+        return _read_mmdet(path, state, saved, override)
     official.check_architecture(state, origin)
     native_names = official.is_native(state)
     if override is not None:
@@ -184,10 +195,32 @@ def _read_official(path: Path, override: GroundingDINOConfig | None) -> Checkpoi
     )
 
 
+def _read_mmdet(
+    path: Path, state: dict[str, Tensor], saved: dict[str, Any] | None, override: GroundingDINOConfig | None
+) -> Checkpoint:
+    origin = str(path)
+    if override is not None:
+        cfg = override
+    elif saved is not None:
+        try:
+            cfg = GroundingDINOConfig.from_dict(saved)
+        except (GdinoError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{origin}: bad gdino_config entry: {e}") from None
+    else:
+        cfg = mmdet.infer_config(state, origin, PRESETS)
+    dirs = [path.parent / "bert-base-uncased", path.parent / "tokenizer", path.parent]
+    return Checkpoint(
+        mmdet.to_official_values(state), cfg, mmdet.routes, mmdet.allowed_leftover, origin, "mmdet", dirs,
+    )
+
+
 def _read_hf(folder: Path, override: GroundingDINOConfig | None, origin: str | None = None) -> Checkpoint:
     origin = origin or str(folder)
     state, data = hf.read_folder(folder)
-    cfg = override or config_from_hf(data, origin, with_pooler=hf.has_pooler(state))
+    cfg = override or config_from_hf(
+        data, origin, with_pooler=hf.has_pooler(state), per_layer_boxes=hf.layers_differ(state, "bbox_embed"),
+        per_layer_classes=hf.layers_differ(state, "class_embed"),
+    )
     v5 = hf.uses_v5_names(state)
     return Checkpoint(
         state, cfg, lambda keys, c: hf.routes(keys, c, v5), hf.allowed_leftover, origin, "hf", [folder],
@@ -204,13 +237,15 @@ def _read_native(path: Path, override: GroundingDINOConfig | None) -> Checkpoint
 
 
 def _infer_config(state: dict[str, Tensor], origin: str, native_names: bool) -> GroundingDINOConfig:
-    """The preset whose shapes fit (Swin-T: embed dim 96, Swin-B: 128), BERT pooler as in the file."""
+    """The preset whose shapes fit (Swin-T: embed dim 96, Swin-B: 128), BERT pooler as in the file;
+    class-head biases (``class_embed...bias``) select the MM-Grounding-DINO head variant."""
     embed = official.backbone_embed_dim(state)
     pooler = any(k.startswith("bert.pooler.") for k in state)
+    biased = any(_CLASS_BIAS.search(k) for k in state)
     candidates = [
         dataclasses.replace(c, text=dataclasses.replace(c.text, with_pooler=pooler))
         for c in PRESETS.values()
-        if c.backbone.embed_dim == embed
+        if c.backbone.embed_dim == embed and c.contrastive_bias == biased
     ]
     if len(candidates) > 1:
         candidates = [c for c in candidates if _fits(c, state, native_names)]

@@ -64,7 +64,10 @@ def read_pth(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         config = obj.get("config") if isinstance(obj.get("config"), dict) else None
         obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # mmdetection / Lightning
+        meta = obj.get("meta")
+        if isinstance(meta, dict) and isinstance(meta.get("gdino_config"), dict):
+            config = meta["gdino_config"]
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{p} holds no state dict (expected {{'model': state_dict}} or a dict of tensors)")
