@@ -222,3 +222,23 @@ def test_sigterm_drains_requests_in_flight(tiny_checkpoint, jpeg):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--weights", "/nonexistent/model.safetensors"], "model.safetensors"),
+        (["--max-batch", "0"], "max-batch must be a positive integer"),
+        (["--box-threshold", "1.5"], "box-threshold"),
+        (["--segmenter", "no-such-sam"], "no-such-sam"),
+    ],
+)
+def test_cli_bad_settings_are_one_line_errors(argv, words, capsys, tiny_checkpoint):
+    from gdino.cli import main
+
+    base = ["serve", "--device", "cpu", "--port", "1"]
+    if "--weights" not in argv:
+        base += ["--weights", str(tiny_checkpoint)]
+    assert main([*base, *argv]) == 2  # before any server starts (port 1 would fail to bind)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gdino serve: error:") and words in err and "\n" not in err

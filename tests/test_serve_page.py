@@ -83,3 +83,48 @@ def test_page_shows_server_errors(browser, tiny_model, tmp_path):
         assert "400" in page.inner_text("#status") and "not an image" in page.inner_text("#status")
         assert page.locator("#overlay rect").count() == 0
         page.close()
+
+
+def test_page_draws_masks_decoded_from_rle(browser, tiny_model, chelsea_jpg):
+    """The page's RLE decoder: the painted mask pixels are exactly the union of the API's masks."""
+    import numpy as np
+    import torch
+    from conftest import randomize_
+
+    from gdino.core.rle import decode_mask
+    from gdino.segment.predictor import SamSegmenter
+    from gdino.segment.sam_model import SAM_PRESETS, build_sam
+
+    pytest.importorskip("segment_anything")
+    torch.manual_seed(0)
+    sam = SamSegmenter(randomize_(build_sam(SAM_PRESETS["sam-tiny"]), seed=2).eval(), name="sam-tiny")
+    app = create_app(ServeConfig(warmup=False), Detector(tiny_model, image_size=160, box_threshold=0.99), sam)
+    with running(app) as url:
+        doc = httpx.post(url + "/v1/segment", files={"image": ("chelsea.jpg", chelsea_jpg.read_bytes())},
+                         data={"classes": "cat", "box_threshold": "0.99"}, timeout=120).json()
+        dets = doc["results"][0]["detections"]
+        union = np.zeros((300, 451), dtype=bool)
+        for d in dets:
+            union |= decode_mask(d["mask"])
+        assert len(dets) > 0 and 0 < union.sum() < union.size
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(url + "/")
+        page.wait_for_selector("#seg-label:not([hidden])")
+        page.set_input_files("#file", str(chelsea_jpg))
+        page.check("input[name=mode][value=classes]")
+        page.fill("#text", "cat")
+        page.eval_on_selector("#box", "(el) => { el.value = '0.99'; el.dispatchEvent(new Event('input')); }")
+        page.check("#segment")
+        page.click("#submit")
+        page.wait_for_selector("#table tbody tr", timeout=60_000)
+        painted = page.evaluate("""() => {
+            const c = document.getElementById('masks');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let bits = ''; for (let i = 3; i < d.length; i += 4) bits += d[i] > 0 ? '1' : '0';
+            return [c.width, c.height, bits];
+        }""")
+        assert painted[:2] == [451, 300]
+        drawn = np.frombuffer(painted[2].encode(), dtype=np.uint8).reshape(300, 451) == ord("1")
+        assert np.array_equal(drawn, union)  # pixel for pixel: row/column order of the RLE right
+        assert page.locator("#overlay rect.box").count() == len(dets)
+        page.close()

@@ -9,6 +9,7 @@ import os
 from gdino.cli.options import add_model_options, detect_options, load_detector, weights_name
 from gdino.cli.segment import add_segmenter_options, build_segmenter_from
 from gdino.errors import GdinoError
+from gdino.segment.names import canonical_name
 
 logger = logging.getLogger("gdino.cli")
 
@@ -58,6 +59,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise GdinoError(f"gdino serve needs the [serve] extra ({e.name} is missing): pip install 'gdino[serve]'") from None
 
+    if args.segmenter:
+        canonical_name(args.segmenter)  # unknown name: fail before loading anything
     fixed = {"max_pixels": args.max_pixels} if args.max_pixels else {}
     options = detect_options(args, **fixed)
     api_key = args.api_key if args.api_key is not None else (os.environ.get("GDINO_API_KEY") or None)

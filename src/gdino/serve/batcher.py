@@ -156,7 +156,7 @@ class Batcher:
                     if job.future.done():
                         continue
                     if job.deadline <= now:  # waited past its deadline: not worth a forward
-                        job.future.set_exception(Problem(504, "request expired in the queue"))
+                        fail(job.future, Problem(504, "request expired in the queue"))
                     else:
                         live.append(job)
                 if not live:
@@ -173,7 +173,7 @@ class Batcher:
                     if job.future.done():
                         continue
                     if isinstance(res, BaseException):
-                        job.future.set_exception(res)
+                        fail(job.future, res)
                     else:
                         job.future.set_result(res)
             finally:
@@ -201,3 +201,9 @@ class Batcher:
             self.metrics.batch_size.observe(len(idx))
             self.metrics.forward_seconds.observe(time.monotonic() - start)
         return out
+
+
+def fail(future: asyncio.Future, error: BaseException) -> None:
+    """Set ``error`` on ``future``, marked as seen: its waiter may have timed out already (504)."""
+    future.set_exception(error)
+    future.exception()
