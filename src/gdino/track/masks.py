@@ -217,7 +217,7 @@ class MaskTracker:
         """track id -> detection index, by Hungarian matching of mask IoU (>= match_iou)."""
         if not ids or len(det_masks) == 0:
             return {}
-        from scipy.optimize import linear_sum_assignment  # lazy: only with live tracks
+        from scipy.optimize import linear_sum_assignment  # lazy: an optional dependency ([video] extra)
 
         iou = mask_iou(np.stack([self.tracks[t].mask for t in ids]), det_masks)
         rows, cols = linear_sum_assignment(iou, maximize=True)
