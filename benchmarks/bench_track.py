@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--box-threshold", type=float, default=0.3)
     p.add_argument("--track-threshold", type=float, default=0.4)
     p.add_argument("--max-detections", type=int, default=10)
+    p.add_argument("--nms-iou", type=float, default=0.5, help="class-aware NMS of the detections (0: off)")
     p.add_argument("--detect-every", type=int, default=10)
     p.add_argument("--sam2", default="random", help="masks mode: a SAM 2 segmenter name, or 'random'")
     p.add_argument("--sam2-weights", default=None)
@@ -122,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
     modes = a.modes.split(",")
     det = Detector.from_pretrained(a.weights, device="cpu", image_size=a.image_size, box_threshold=a.box_threshold,
-                                  max_detections=a.max_detections)
+                                  max_detections=a.max_detections, nms_iou=a.nms_iou or None)
     if "boxes" in modes:
         t0 = time.perf_counter()
         frames = list(track(det, video, classes, bytetrack=bt))
         sec = time.perf_counter() - t0
         emit({"row": "boxes", "frames_per_s": round(len(frames) / sec, 2), "box_threshold": a.box_threshold,
-              "track_threshold": a.track_threshold, "image_size": a.image_size, **mot_scores(gt_file, rows_of(frames))})
+              "track_threshold": a.track_threshold, "nms_iou": a.nms_iou, "image_size": a.image_size, **mot_scores(gt_file, rows_of(frames))})
     if "oracle" in modes:
         tracker = BoxTracker(bt, fps=spec.fps)
         rows = []

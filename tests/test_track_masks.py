@@ -28,7 +28,7 @@ def predictor():
 
     torch.manual_seed(0)
     ref = build_sam2_video_predictor(CONFIG, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=SMALL_SAM2)
-    randomize_(ref, seed=1)
+    randomize_(ref, seed=4)  # a seed whose masks cover a few % of the frame (others give near-full masks)
     with torch.no_grad():  # random object-score heads say "no object" about half the time: make it "present"
         ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
     # gdino's strict builder with the same weights: one model for both sides keeps the test honest about weights
@@ -102,7 +102,7 @@ def test_windows_match_the_package_video_predictor(predictor, video, tmp_path):
                 compared += 1
     assert compared >= 6
     masks = np.stack([o.mask for ft in first for o in ft.objects])
-    assert 0 < masks.mean() < 1  # the comparison is not between empty (or full) masks
+    assert 0.005 < masks.mean() < 0.5  # the comparison is not between empty (or near-full) masks
 
 
 def test_state_round_trip_continues_identically(predictor, video):

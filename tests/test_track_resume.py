@@ -121,3 +121,29 @@ def test_masks_mode_resume_restores_the_tracker(video, tiny_model, tmp_path, mon
     summary = track_video(det, video, tmp_path / "cut", classes, settings=settings, sam2=sam2, progress=False)
     assert (summary.resumed, summary.tracked) == (6, 3)
     assert _outputs(tmp_path / "cut") == expected
+
+
+def test_live_stream_finishes_on_ctrl_c_and_is_not_resumed(video, tiny_model, tmp_path, monkeypatch):
+    """A stream URL (here file://, opened by PyAV as a stream): Ctrl-C writes the outputs of the chunks done."""
+    from gdino import Detector
+    from gdino.errors import GdinoError
+    from gdino.track.boxes import BoxTracker
+    from gdino.track.job import track_video
+    from gdino.track.stream import TrackSettings
+
+    real_update = BoxTracker.update
+
+    def update_then_ctrl_c(self, dets):
+        if self.frames == 7:
+            raise KeyboardInterrupt
+        return real_update(self, dets)
+
+    monkeypatch.setattr(BoxTracker, "update", update_then_ctrl_c)
+    det = Detector(tiny_model, image_size=96, box_threshold=0.3, max_detections=4)
+    url = video.resolve().as_uri()
+    summary = track_video(det, url, tmp_path / "live", ["red circle"], settings=TrackSettings(chunk=3), progress=False)
+    assert summary.warning == "stopped by Ctrl-C after 6 frames" and summary.frames == 6
+    doc = json.loads((tmp_path / "live" / "tracks.json").read_text())
+    assert [f["frame"] for f in doc["frames"]] == list(range(6)) and doc["video"] == url
+    with pytest.raises(GdinoError, match="live stream, which cannot be resumed"):
+        track_video(det, url, tmp_path / "live", ["red circle"], settings=TrackSettings(chunk=3), progress=False)

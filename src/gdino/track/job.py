@@ -17,6 +17,9 @@ next frame, so the outputs equal those of an uninterrupted run:
   tracker is fed the same rounded numbers in every run) are replayed through a new tracker;
 - masks mode: each chunk is one window and records the tracker's state (ids, labels, scores,
   last masks as RLE), which is loaded back.
+
+A live stream (``rtsp://``, ...) has no end: Ctrl-C finishes it (the outputs are written with the
+chunks done so far), and it cannot be resumed.
 """
 
 from __future__ import annotations
@@ -123,7 +126,11 @@ def track_video(
     summary.resumed = len(done)
     if done:
         source.skip_to(done[-1]["frame"] + 1)
+    if info.kind == "stream" and done:
+        raise GdinoError(f"{out} holds an earlier run of a live stream, which cannot be resumed; "
+                         "use --overwrite or another --out")
     total = _expected_frames(info.frames, settings)
+    stopped = None
     bar = tqdm(total=total, initial=len(done), unit="frame", desc="tracking", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
     try:
@@ -138,10 +145,14 @@ def track_video(
             done.extend(frames)
             summary.tracked += len(frames)
             bar.update(len(frames))
+    except KeyboardInterrupt:
+        if info.kind != "stream":
+            raise  # a file resumes; a live stream has no end, so Ctrl-C is how it finishes
+        stopped = f"stopped by Ctrl-C after {len(done)} frames"
     finally:
         bar.close()
         journal.close()
-    summary.warning = source.warning
+    summary.warning = source.warning or stopped
     if not done:
         raise InputVideoError(f"{video}: no frames to track" + ("" if settings.start == 0 else f" from frame {settings.start}"))
 

@@ -154,6 +154,8 @@ class MaskTracker:
             return []
         p = self.predictor
         width, height = frames[0].size
+        if len(detections) == 0 and not self.tracks:  # nothing to segment: no SAM 2 call at all
+            return [FrameTracks(f.index, f.time, f.size, ()) for f in frames]
         state = new_inference_state(p, sam2_frames([f.image for f in frames], int(p.image_size)), height, width)
         boxes = detections.xyxy.numpy().astype(np.float32).reshape(-1, 4)
         det_masks = self._box_masks(state, boxes, height, width)
@@ -217,7 +219,7 @@ class MaskTracker:
         """track id -> detection index, by Hungarian matching of mask IoU (>= match_iou)."""
         if not ids or len(det_masks) == 0:
             return {}
-        from scipy.optimize import linear_sum_assignment  # lazy: only with live tracks
+        from scipy.optimize import linear_sum_assignment  # lazy: an optional dependency ([video] extra)
 
         iou = mask_iou(np.stack([self.tracks[t].mask for t in ids]), det_masks)
         rows, cols = linear_sum_assignment(iou, maximize=True)
