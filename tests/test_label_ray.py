@@ -199,6 +199,7 @@ class Failing:
         raise ValueError("segmenter bug for this test")
 
 
+@pytest.mark.slow  # one more Ray job: about 20 s idle
 def test_worker_exception_is_one_line(folder, tmp_path, tiny_checkpoint):
     with pytest.raises(GdinoError, match="the Ray job failed: ValueError: segmenter bug for this test"):
         label_with_ray(folder, tmp_path / "ds", CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
