@@ -68,6 +68,7 @@ def test_same_metrics_as_one_process(dataset, tiny_model, tiny_checkpoint):
         assert many[key] == (pytest.approx(value, abs=1e-9) if isinstance(value, float) else value), key
 
 
+@pytest.mark.slow  # a second Ray job; the API test above holds the same property
 def test_cli_eval_coco_engine_ray(dataset, tiny_model, tiny_checkpoint, tmp_path, capsys):
     ann, root, options = dataset
     one = Evaluator(tiny_model, options).coco(ann, root)

@@ -199,6 +199,7 @@ class Failing:
         raise ValueError("segmenter bug for this test")
 
 
+@pytest.mark.slow  # one more Ray job: about 20 s idle
 def test_worker_exception_is_one_line(folder, tmp_path, tiny_checkpoint):
     with pytest.raises(GdinoError, match="the Ray job failed: ValueError: segmenter bug for this test"):
         label_with_ray(folder, tmp_path / "ds", CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
@@ -210,11 +211,14 @@ def test_cli_engine_ray(folder, tmp_path, tiny_checkpoint, capsys):
     code = main([
         "label", str(folder), "--classes", "cat,remote control", "--out", str(out), "--weights", str(tiny_checkpoint),
         "--image-size", "64", "--box-threshold", "0.25", "--engine", "ray", "--workers", "1", "--shard-size", "4",
-        "--no-progress", "--format", "yolo",
+        "--no-progress", "--format", "yolo", "--masks", "--segmenter", "sam-tiny",  # random SAM, built in the worker
     ])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "labeled 6 of 8 images" in err and "skipped 2 unreadable" in err and "images/s" in err
     assert len(load(out)["images"]) == 6 and (out / "labels" / "train" / "a.txt").exists()
+    anns = load(out)["annotations"]
+    assert anns and all("segmentation" in a and "mask_score" in a for a in anns)
+    assert load(out / STATE_DIR, "job.json")["segmenter"] == "sam-tiny"
     assert main(["label", str(folder), "--classes", "cat", "--out", str(out), "--shard-size", "3"]) == 2
     assert "--shard-size only applies with --engine ray" in capsys.readouterr().err

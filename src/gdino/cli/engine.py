@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from gdino.errors import GdinoError
@@ -56,3 +57,11 @@ def ray_options(args: argparse.Namespace) -> Any:
 def worker_device_flag(args: argparse.Namespace) -> str | None:
     """``--device`` for Ray workers: None for ``auto`` (CPU, or CUDA with ``--gpus-per-worker``)."""
     return None if args.device in (None, "auto") else args.device
+
+
+def absolute_if_file(path: str) -> str:
+    """A local file or folder as an absolute path (Ray workers do not share the driver's working
+    directory); hub names and URIs unchanged."""
+    if "://" in path or not Path(path).exists():
+        return path
+    return str(Path(path).resolve())

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from gdino.cli.engine import add_engine_options, ray_options, worker_device_flag
+from gdino.cli.engine import absolute_if_file, add_engine_options, ray_options, worker_device_flag
 from gdino.cli.options import add_model_options, load_detector, weights_name
 from gdino.errors import GdinoError
 
@@ -98,7 +98,7 @@ def _evaluator(args):
     if ray is not None:
         from gdino.eval.ray_predict import RayPredictor  # lazy: keeps gdino --help fast
 
-        predictor = RayPredictor(weights_name(args), ray, worker_device_flag(args))
+        predictor = RayPredictor(absolute_if_file(weights_name(args)), ray, worker_device_flag(args))
         return Evaluator(None, options, predictor=predictor), weights_name(args)
     return Evaluator(load_detector(args, options.detect).model, options), weights_name(args)
 

@@ -7,7 +7,7 @@ import functools
 import sys
 from pathlib import Path
 
-from gdino.cli.engine import add_engine_options, ray_options, worker_device_flag
+from gdino.cli.engine import absolute_if_file, add_engine_options, ray_options, worker_device_flag
 from gdino.cli.options import (
     add_detect_options,
     add_model_options,
@@ -102,11 +102,11 @@ def _run_ray(args: argparse.Namespace, classes: list[str], options, ray, setting
     factory = None
     if args.masks:  # built in each worker, on the worker's device
         factory = functools.partial(
-            build_segmenter, args.segmenter, args.segmenter_weights, device or ("cuda" if ray.gpus_per_worker else "cpu"),
+            build_segmenter, args.segmenter, args.segmenter_weights and absolute_if_file(args.segmenter_weights), device or ("cuda" if ray.gpus_per_worker else "cpu"),
             args.segmenter_dtype,
         )
     summary = label_with_ray(
-        args.folder, Path(args.out), classes, weights=weights_name(args), ray_options=ray, device=device,
+        args.folder, Path(args.out), classes, weights=absolute_if_file(weights_name(args)), ray_options=ray, device=device,
         options=options, formats=["coco", *(args.formats or [])], segmenter_factory=factory,
         overwrite=args.overwrite, progress=not args.no_progress, settings=settings,
     )
@@ -114,7 +114,7 @@ def _run_ray(args: argparse.Namespace, classes: list[str], options, ray, setting
 
 
 def _report(summary, args: argparse.Namespace) -> int:
-    print(f"gdino label: {summary.line()}, {summary.seconds:.1f} s; dataset in {args.out}", file=sys.stderr)
+    print(f"gdino label: {summary.line()}; dataset in {args.out}", file=sys.stderr)
     if summary.failed:
         print(f"gdino label: error: no image under {args.folder} could be read", file=sys.stderr)
         return 1

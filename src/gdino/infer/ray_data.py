@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,19 +199,17 @@ def run_on_ray(
     try:
         yield from ds.iter_rows()
     except ray.exceptions.RayError as e:  # a worker raised (not died): the job stops, finished work stays
-        raise GdinoError(f"the Ray job failed: {first_line(_root_cause(e, ray.exceptions.RayError))}") from e
+        raise GdinoError(f"the Ray job failed: {_user_error(e)}") from e
 
 
-def _root_cause(error: BaseException, wrapper: type) -> BaseException:
-    """The user's exception inside Ray's wrappers (``cause`` / ``__cause__`` chains)."""
-    seen = {id(error)}
-    while isinstance(error, wrapper):
-        inner = getattr(error, "cause", None) or error.__cause__
-        if inner is None or id(inner) in seen:
-            break
-        seen.add(id(inner))
-        error = inner
-    return error
+def _user_error(error: BaseException) -> str:
+    """The worker's own exception as ``Type: message``: Ray re-raises it wrapped (``UserCodeException``)
+    with the worker's traceback in the text, so the first non-Ray ``...Error: ...`` line there is it."""
+    for line in str(error).splitlines():
+        m = re.match(r"([A-Za-z_][\w.]*(?:Error|Exception)): (.+)", line.strip())
+        if m and not m.group(1).startswith("ray."):
+            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+    return first_line(error)
 
 
 def worker_device(device: str | None, options: RayOptions) -> str:

@@ -70,7 +70,7 @@ class LabelSummary:
         text = f"labeled {self.total - len(self.skipped)} of {self.total} images"
         if self.resumed:
             text += f" ({self.resumed} from an earlier run)"
-        text += f", {self.detections} boxes, {rate:.2f} images/s"
+        text += f", {self.detections} boxes, {rate:.2f} images/s, {self.seconds:.1f} s"
         if self.skipped:
             text += f"; skipped {len(self.skipped)} unreadable (listed in skipped.json)"
         return text

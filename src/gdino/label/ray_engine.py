@@ -135,7 +135,9 @@ def label_with_ray(
                 ray_module.shutdown()
     merge_start = time.perf_counter()
     records = read_shards(shards)
-    summary.outputs = write_dataset(out, root, names, records, class_names, formats, job)
+    # where file_name is relative to: a local path (also for file://), else the URI itself
+    image_root = root if not is_uri(source) or os.fspath(source).startswith("file://") else os.fspath(source).rstrip("/")
+    summary.outputs = write_dataset(out, image_root, names, records, class_names, formats, job)
     logger.info("merged %d records into the dataset in %.2f s", len(records), time.perf_counter() - merge_start)
     summary.skipped = [(r["file"], r["error"]) for r in (records.get(n) for n in names) if r and "error" in r]
     summary.detections = sum(len(records[n].get("detections", [])) for n in names if n in records)
