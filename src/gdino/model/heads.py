@@ -30,10 +30,13 @@ def contrastive_logits(queries: Tensor, text: Tensor, token_mask: Tensor, max_te
     Args:
         queries: ``[B, Q, d]``; text: ``[B, L, d]``; token_mask: ``[B, L]`` bool, True on real tokens.
     Returns:
-        ``[B, Q, max_text_len]``, ``-inf`` at padding tokens and at columns ``>= L``.
+        ``[B, Q, max_text_len]``, ``-inf`` at padding tokens and at columns ``>= L`` (under
+        ``torch.export``: ``[B, Q, L]``, no padding columns, so the text length stays symbolic).
     """
     logits = queries @ text.transpose(-1, -2)
     logits = logits.masked_fill(~token_mask[:, None, :], float("-inf"))
+    if torch.compiler.is_exporting():  # the exported graph returns the L input tokens' columns only
+        return logits
     length = logits.shape[-1]
     if length >= max_text_len:
         return logits[..., :max_text_len]
