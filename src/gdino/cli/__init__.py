@@ -12,19 +12,19 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gdino.cli import convert, detect, label, segment, serve, track, train
+from gdino.cli import convert, detect, export, label, segment, serve, track, train
 from gdino.cli import eval as evaluate
 from gdino.errors import GdinoError
 
 #: modules whose ``register(subparsers)`` adds a command, in help order
-COMMANDS = (detect, label, segment, track, evaluate, train, convert, serve)
+COMMANDS = (detect, label, segment, track, evaluate, train, convert, export, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``gdino`` parser with every registered sub-command."""
     parser = argparse.ArgumentParser(
         prog="gdino",
-        description="Grounding DINO in pure PyTorch: detect, label, segment, track, evaluate, train, convert.",
+        description="Grounding DINO in pure PyTorch: detect, label, segment, track, evaluate, train, convert, export, serve.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -27,6 +27,9 @@ logger = logging.getLogger("gdino.cli")
 #: Used when --weights is not given: $GDINO_WEIGHTS, else this hub name.
 DEFAULT_WEIGHTS = "grounding-dino-tiny"
 
+#: ``--runtime`` choices: the PyTorch model, or an exported graph run by one of the runtimes
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+
 #: ``--flag`` -> DetectOptions field, for the flags of :func:`add_detect_options`
 DETECT_FLAGS = ("box_threshold", "text_threshold", "nms_iou", "max_detections", "batch_size", "image_size", "dtype")
 
@@ -56,6 +59,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         f"(default: $GDINO_WEIGHTS, else {DEFAULT_WEIGHTS})",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    p.add_argument(
+        "--runtime", default="torch", choices=RUNTIMES,
+        help="run the PyTorch model (default) or a graph written by `gdino export` (--onnx) with ONNX Runtime or "
+        "OpenVINO on the CPU",
+    )
+    p.add_argument("--onnx", metavar="FILE", help="the exported graph for --runtime onnxruntime/openvino")
 
 
 def add_detect_options(p: argparse.ArgumentParser, text_threshold: bool = True) -> None:
@@ -119,9 +128,27 @@ def load_detector(args: argparse.Namespace, options: Any) -> Any:
     from gdino.core.runtime import check_dtype_on_device, resolve_device  # lazy: keeps gdino --help fast
     from gdino.infer.detector import Detector
 
+    runtime = getattr(args, "runtime", "torch")
+    if runtime != "torch":
+        return Detector(load_runtime_model(args, runtime, options.dtype), options)
+    if getattr(args, "onnx", None):
+        raise GdinoError("--onnx needs --runtime onnxruntime or --runtime openvino")
     device = resolve_device(args.device)
     check_dtype_on_device(options.torch_dtype, device)
     return Detector.from_pretrained(weights_name(args), device=device, options=options)
+
+
+def load_runtime_model(args: argparse.Namespace, runtime: str, dtype: str) -> Any:
+    """The ``--onnx`` graph run by ``runtime`` on the CPU (``--dtype bf16``: OpenVINO's bf16 precision)."""
+    if not args.onnx:
+        raise GdinoError(f"--runtime {runtime} needs --onnx FILE (write one with `gdino export`)")
+    if args.device not in ("auto", "cpu"):
+        raise GdinoError(f"--runtime {runtime} runs on the CPU here; drop --device {args.device}")
+    if dtype not in ("fp32", "bf16") or (dtype == "bf16" and runtime != "openvino"):
+        raise GdinoError(f"--runtime {runtime} takes --dtype fp32" + (" or bf16" if runtime == "openvino" else ""))
+    from gdino.export.runtimes import RuntimeModel  # lazy: optional runtimes, and keeps gdino --help fast
+
+    return RuntimeModel(args.onnx, runtime, precision="bf16" if dtype == "bf16" else "f32")
 
 
 def read_images(paths: list[str], command: str) -> tuple[list, list[dict]]:

@@ -39,13 +39,14 @@ def window_partition(x: Tensor, ws: int) -> Tensor:
 
 def shift_region_mask(hp: int, wp: int, ws: int, shift: int, device: torch.device) -> Tensor:
     """``[nW, ws*ws, ws*ws]`` additive mask (0 or -100) keeping shifted windows to their regions."""
-    img = torch.zeros((1, hp, wp, 1), device=device)
+    img = torch.zeros((hp, wp), device=device)
     region = 0
     for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
         for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-            img[:, hs, wsl, :] = region
+            img[hs, wsl] = region
             region += 1
-    windows = window_partition(img, ws).squeeze(-1)
+    nh, nw = hp // ws, wp // ws  # window_partition with every size written out (export-friendly)
+    windows = img.view(nh, ws, nw, ws).permute(0, 2, 1, 3).reshape(nh * nw, ws * ws)
     diff = windows[:, None, :] - windows[:, :, None]
     return torch.where(diff != 0, torch.tensor(-100.0, device=device), torch.tensor(0.0, device=device))
 
@@ -127,6 +128,29 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
+    def forward_grid(self, x: Tensor, mask: Tensor | None, h: int, w: int) -> Tensor:
+        """The export path of :meth:`forward`: the official pad, roll and partition as reshapes.
+
+        Every size is written out from ``h``, ``w`` and the padded ``hp``, ``wp`` (no ``-1``, no
+        data-dependent index), so ``torch.export`` keeps the image size symbolic and cheap to reason
+        about. Same result as :meth:`forward` (padded tokens are zeros after the norm, as there).
+        """
+        b, _, c = x.shape
+        ws = self.window_size
+        nh, nw = (h + ws - 1) // ws, (w + ws - 1) // ws
+        hp, wp = nh * ws, nw * ws
+        grid = F.pad(self.norm1(x).view(b, h, w, c), (0, 0, 0, wp - w, 0, hp - h))
+        if self.shift:
+            grid = torch.roll(grid, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        parts = grid.view(b, nh, ws, nw, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, ws * ws, c)
+        blocks = None if not self.shift or mask is None else mask.repeat(b, 1, 1)
+        parts = self.attn(parts, blocks)
+        grid = parts.view(b, nh, nw, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+        if self.shift:
+            grid = torch.roll(grid, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + grid[:, :h, :w].reshape(b, h * w, c)
+        return residual_feed_forward(x, self.mlp.fc1, self.mlp.fc2, "gelu", pre_norm=self.norm2)
+
     def forward(self, x: Tensor, mask: Tensor | None, windows: WindowIndex) -> Tensor:
         """x ``[B, h*w, C]``; ``windows`` the grid's :func:`window_index` for this block's shift."""
         b, _, c = x.shape
@@ -149,6 +173,11 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: Tensor, h: int, w: int) -> Tensor:
         b, _, c = x.shape
+        if torch.compiler.is_exporting():  # pad to even sizes and split rows/columns by reshapes
+            h2, w2 = (h + 1) // 2, (w + 1) // 2
+            grid = F.pad(x.view(b, h, w, c), (0, 0, 0, 2 * w2 - w, 0, 2 * h2 - h)).view(b, h2, 2, w2, 2, c)
+            parts = [grid[:, :, 0, :, 0], grid[:, :, 1, :, 0], grid[:, :, 0, :, 1], grid[:, :, 1, :, 1]]
+            return self.reduction(self.norm(torch.cat(parts, -1).reshape(b, h2 * w2, 4 * c)))
         x = x.view(b, h, w, c)
         x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
@@ -170,8 +199,12 @@ class SwinStage(nn.Module):
 
     def forward(self, x: Tensor, h: int, w: int) -> tuple[Tensor, Tensor | None]:
         ws = self.window_size
-        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws
         mask = shift_region_mask(hp, wp, ws, self.shift, x.device) if len(self.blocks) > 1 else None
+        if torch.compiler.is_exporting():
+            for block in cast(Iterable[SwinBlock], self.blocks):
+                x = block.forward_grid(x, mask, h, w)
+            return x, self.downsample(x, h, w) if self.downsample is not None else None
         index = {shift: window_index(h, w, ws, shift, x.device) for shift in {b.shift for b in cast(Iterable[SwinBlock], self.blocks)}}
         for block in cast(Iterable[SwinBlock], self.blocks):
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
@@ -192,7 +225,10 @@ class PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         p = self.patch_size
         h, w = x.shape[-2:]
-        x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
+        if torch.compiler.is_exporting():  # the same padding, written as the padded size (symbolic sizes)
+            x = F.pad(x, (0, (w + p - 1) // p * p - w, 0, (h + p - 1) // p * p - h))
+        else:
+            x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
         x = self.proj(x)
         b, c, hh, ww = x.shape
         x = self.norm(x.flatten(2).transpose(1, 2))
@@ -238,7 +274,7 @@ class SwinTransformer(nn.Module):
             out, down = stage(x, h, w)
             if i in self.cfg.out_indices:
                 out = getattr(self, f"norm{i}")(out)
-                outs.append(out.view(-1, h, w, out.shape[-1]).permute(0, 3, 1, 2).contiguous())
+                outs.append(out.view(out.shape[0], h, w, out.shape[-1]).permute(0, 3, 1, 2).contiguous())
             if down is not None:
                 x, h, w = down, (h + 1) // 2, (w + 1) // 2
         return outs

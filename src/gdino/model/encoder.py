@@ -75,9 +75,10 @@ def encoder_reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios
     refs = []
     device = valid_ratios.device
     for lvl, (h, w) in enumerate(spatial_shapes):
+        # arange + 0.5 equals linspace(0.5, size - 0.5, size) bit for bit and exports with symbolic sizes
         ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+            torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+            torch.arange(w, dtype=torch.float32, device=device) + 0.5,
             indexing="ij",
         )
         ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)

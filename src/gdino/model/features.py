@@ -38,7 +38,7 @@ class TextFeatures:
 
     def expand(self, batch: int) -> TextFeatures:
         """Repeat a single prompt for a batch of ``batch`` images."""
-        if len(self) == batch:
+        if self.features.shape[0] == batch:  # shape, not len(): stays symbolic under torch.export
             return self
         if len(self) != 1:
             raise ValueError(f"cannot expand {len(self)} prompts to a batch of {batch}")

@@ -46,7 +46,7 @@ def residual_feed_forward(
     """
     pre = pre_norm if pre_norm is not None else nn.Identity()
     post = post_norm if post_norm is not None else nn.Identity()
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or torch.compiler.is_exporting():  # export: no loop over a symbolic row count
         return post(x + fc2(ACTIVATIONS[activation](fc1(pre(x)))))
     act_ = ACTIVATIONS_INPLACE[activation]
     flat = x.reshape(-1, x.shape[-1])

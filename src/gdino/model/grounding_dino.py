@@ -172,7 +172,7 @@ class GroundingDINO(nn.Module):
         """Everything after the backbones; ``text`` may hold one prompt for the whole batch."""
         cfg = self.config
         tr = self.transformer
-        b = len(image)
+        b = image.maps[0].shape[0]  # not len(): under torch.export a symbolic size must not become an int
         text = text.expand(b)
         shapes = [(m.shape[-2], m.shape[-1]) for m in image.maps]
         src = torch.cat([m.flatten(2).transpose(1, 2) for m in image.maps], 1)
@@ -180,8 +180,13 @@ class GroundingDINO(nn.Module):
         pos = torch.cat(
             [p.flatten(2).transpose(1, 2) + tr.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(image.pos)], 1
         )
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        spatial_shapes: Any
+        level_start_index: Any
+        if torch.compiler.is_exporting():  # symbolic sizes stay Python values (a tensor of them is data)
+            spatial_shapes, level_start_index = shapes, None
+        else:
+            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
+            level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
         ratios = torch.stack([valid_ratios(p) for p in image.padding], 1)
         text_padding = ~text.token_mask
         memory, text_memory = tr.encoder(

@@ -32,7 +32,8 @@ def contrastive_logits(queries: Tensor, text: Tensor, token_mask: Tensor, max_te
     Args:
         queries: ``[B, Q, d]``; text: ``[B, L, d]``; token_mask: ``[B, L]`` bool, True on real tokens.
     Returns:
-        ``[B, Q, max_text_len]``, ``-inf`` at padding tokens and at columns ``>= L``.
+        ``[B, Q, max_text_len]``, ``-inf`` at padding tokens and at columns ``>= L`` (under
+        ``torch.export``: ``[B, Q, L]``, no padding columns, so the text length stays symbolic).
     """
     return mask_and_pad(queries @ text.transpose(-1, -2), token_mask, max_text_len)
 
@@ -40,6 +41,8 @@ def contrastive_logits(queries: Tensor, text: Tensor, token_mask: Tensor, max_te
 def mask_and_pad(logits: Tensor, token_mask: Tensor, max_text_len: int) -> Tensor:
     """``[B, Q, L]`` token logits -> ``[B, Q, max_text_len]``, ``-inf`` at padding and beyond ``L``."""
     logits = logits.masked_fill(~token_mask[:, None, :], float("-inf"))
+    if torch.compiler.is_exporting():  # the exported graph returns the L input tokens' columns only
+        return logits
     length = logits.shape[-1]
     if length >= max_text_len:
         return logits[..., :max_text_len]

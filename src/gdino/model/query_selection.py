@@ -31,9 +31,9 @@ def encoder_proposals(
         level_pad = padding[:, start : start + h * w].view(b, h, w)
         valid_h = (~level_pad[:, :, 0]).sum(1)
         valid_w = (~level_pad[:, 0, :]).sum(1)
-        grid_y, grid_x = torch.meshgrid(
-            torch.linspace(0, h - 1, h, dtype=torch.float32, device=device),
-            torch.linspace(0, w - 1, w, dtype=torch.float32, device=device),
+        grid_y, grid_x = torch.meshgrid(  # arange: linspace(0, size - 1, size) exactly, export-friendly
+            torch.arange(h, dtype=torch.float32, device=device),
+            torch.arange(w, dtype=torch.float32, device=device),
             indexing="ij",
         )
         grid = torch.stack((grid_x, grid_y), -1)
@@ -83,7 +83,7 @@ def select_queries(
             return contrastive_logits(q, t, m, max_text_len)
 
     scores = class_head(out_memory, text, token_mask).max(-1).values
-    k = min(num_queries, scores.shape[1])
+    k = torch.sym_min(num_queries, scores.shape[1])  # an int in eager mode, symbolic under export
     topk = torch.topk(scores, k, dim=1).indices
     # the box head is row-wise: run it on the K selected tokens only (the official runs it on all S)
     selected = torch.gather(out_memory, 1, topk[..., None].expand(-1, -1, out_memory.shape[-1]))

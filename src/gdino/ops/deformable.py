@@ -9,6 +9,8 @@ forward pass. Their backward passes rank the other way: ``embedding_bag``'s back
 index, so forward plus backward takes about twice as long as ``grid_sample``'s (measured on the
 smoke-training shapes, 2 CPU threads: 88 ms vs 39 ms per call). ``"auto"`` (the default) therefore
 gathers when no gradient is recorded (inference) and uses ``grid_sample`` when one is (training).
+Under ``torch.export`` (the ONNX export) the module samples with ``"corners"``: four plain row
+gathers and weighted sums, with symbolic level sizes and no ``embedding_bag`` or ``GridSample``.
 ``MultiScaleDeformableAttention`` is the module with the official parameter names
 (``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``).
 
@@ -49,6 +51,9 @@ def multi_scale_deformable_sample(
         size = _level_sizes(spatial_shapes, sampling_locations)
         pixels = sampling_locations * size[:, None] - 0.5  # grid_sample's align_corners=False convention
         return _gather_pixels(value, spatial_shapes, pixels, attention_weights)
+    if method == "corners":
+        pixels = sampling_locations * _level_sizes(spatial_shapes, sampling_locations)[:, None] - 0.5
+        return _gather_corners(value, spatial_shapes, pixels, attention_weights)
     b, _, heads, c = value.shape
     _, q, _, levels, points, _ = sampling_locations.shape
     sizes = [h * w for h, w in spatial_shapes]
@@ -70,8 +75,8 @@ def _resolve(method: str, *tensors: Tensor) -> str:
     if method == "auto":
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         return "grid_sample" if recording else "gather"
-    if method not in ("gather", "grid_sample"):
-        raise ValueError(f"unknown deformable sampling method {method!r} (auto, gather, grid_sample)")
+    if method not in ("gather", "grid_sample", "corners"):
+        raise ValueError(f"unknown deformable sampling method {method!r} (auto, gather, grid_sample, corners)")
     return method
 
 
@@ -168,6 +173,49 @@ def _gather_pixels(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor,
     return out
 
 
+def _gather_corners(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor, weights: Tensor) -> Tensor:
+    """The bilinear sampling as plain tensor operations, for export (ONNX ``Gather`` + ``ReduceSum``).
+
+    Same inputs and result as :func:`_gather_pixels` (``pixels`` are not modified): for each of the
+    four corners, one row gather from the ``[B*S*heads, C]`` value table (rows clamped into their
+    level) weighted by attention x bilinear weight x in-range, summed over the level x point samples.
+    Level sizes may be symbolic: nothing loops over a data-dependent count.
+    """
+    b, s, heads, c = value.shape
+    _, q, _, levels, points, _ = pixels.shape
+    device = value.device
+    lp = levels * points
+    level = torch.arange(levels, device=device).repeat_interleave(points)
+    size = _level_sizes(shapes, pixels)[level]  # [lp, 2] (w, h) as floats
+    starts = [0]
+    for h, w in shapes[:-1]:
+        starts.append(starts[-1] + h * w)
+    first = torch.tensor(starts, device=device, dtype=torch.long)[level]  # [lp]
+    width = torch.tensor([w for _, w in shapes], device=device, dtype=torch.long)[level]
+    # rows of (batch, head) in the table: (batch * S + position) * heads + head
+    base = (torch.arange(b, device=device) * s).view(b, 1, 1, 1)
+    head = torch.arange(heads, device=device).view(1, 1, heads, 1)
+    xy = pixels.reshape(b, q, heads, lp, 2).nan_to_num(nan=-1.5)
+    xy = torch.minimum(torch.maximum(xy, torch.full_like(size, -1.5)), size + 0.5)
+    corner = xy.floor()
+    frac = xy - corner
+    fx, fy = frac.unbind(-1)
+    x0, y0 = corner.long().unbind(-1)
+    w = weights.reshape(b, q, heads, lp)
+    out = value.new_zeros(b * q * heads, c)
+    table = value.reshape(b * s * heads, c)
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        x, y = x0 + dx, y0 + dy
+        inside = (x >= 0) & (x < size[:, 0]) & (y >= 0) & (y < size[:, 1])
+        position = first + y.clamp(min=0) * width + x.clamp(min=0)
+        position = torch.minimum(position, first + (size[:, 0] * size[:, 1]).long() - 1)  # inside the level
+        rows = ((base + position) * heads + head).reshape(-1)
+        bilinear = (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
+        weight = (w * bilinear * inside.to(w.dtype)).reshape(-1, lp, 1)
+        out = out + (table.index_select(0, rows).view(-1, lp, c) * weight).sum(1)
+    return out.view(b, q, heads * c)
+
+
 class MultiScaleDeformableAttention(nn.Module):
     """Deformable attention over ``n_levels`` feature maps, ``n_points`` samples per head and level."""
 
@@ -180,7 +228,8 @@ class MultiScaleDeformableAttention(nn.Module):
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
-        self.method = "auto"  # or "gather" / "grid_sample" (the official PyTorch path), see module docstring
+        # or "gather" / "grid_sample" (the official PyTorch path) / "corners" (what export uses), see module docstring
+        self.method = "auto"
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -218,13 +267,16 @@ class MultiScaleDeformableAttention(nn.Module):
         b, q, _ = query.shape
         s = value.shape[1]
         shapes = _as_shape_list(spatial_shapes)
-        if sum(h * w for h, w in shapes) != s:
+        exporting = torch.compiler.is_exporting()
+        if not exporting and sum(h * w for h, w in shapes) != s:
             raise ValueError(f"spatial shapes {shapes} do not add up to {s} value tokens")
         heads, levels, points = self.n_heads, self.n_levels, self.n_points
         value = self.value_proj(value)
+        if exporting and key_padding_mask is not None:
+            value = value.masked_fill(key_padding_mask[..., None], 0.0)
         # in place (the projection's output is not needed for backward); on the CPU only when some
         # position is padding (a single unpadded image has none; on a GPU the test would synchronize)
-        if key_padding_mask is not None and (value.device.type != "cpu" or bool(key_padding_mask.any())):
+        elif key_padding_mask is not None and (value.device.type != "cpu" or bool(key_padding_mask.any())):
             value = value.masked_fill_(key_padding_mask[..., None], 0.0)
         value = value.view(b, s, heads, self.d_model // heads)
         offsets = self.sampling_offsets(query).view(b, q, heads, levels, points, 2)
@@ -238,8 +290,13 @@ class MultiScaleDeformableAttention(nn.Module):
             compute_dtype = torch.float32
         ref = reference_points.to(compute_dtype)[:, :, None, :, None, :]  # [B, Q, 1, levels, 1, 2 or 4]
         offsets, weights, value = offsets.to(compute_dtype), weights.to(compute_dtype), value.to(compute_dtype)
-        method = _resolve(self.method, value, offsets, weights)
-        if method == "gather":
+        method = "corners" if exporting else _resolve(self.method, value, offsets, weights)
+        if method == "corners":  # tensors only, ONNX-exportable: no embedding_bag, no grid_sample
+            size = _level_sizes(shapes, offsets)[:, None]  # [levels, 1, 2]
+            if ref.shape[-1] == 4:
+                offsets = offsets * (ref[..., 2:] * size * (0.5 / points))
+            out = _gather_corners(value, shapes, offsets + (ref[..., :2] * size - 0.5), weights)
+        elif method == "gather":
             # straight to pixel coordinates, the official normalized locations times the level size
             # minus 0.5, in place on the fresh offsets: one pass over the largest tensor here
             # (the per-query terms are expanded over the points first: a broadcast over the heads
@@ -265,4 +322,4 @@ class MultiScaleDeformableAttention(nn.Module):
 def _as_shape_list(spatial_shapes: Tensor | list[tuple[int, int]]) -> list[tuple[int, int]]:
     if isinstance(spatial_shapes, Tensor):
         return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    return [(int(h), int(w)) for h, w in spatial_shapes]
+    return [(h, w) for h, w in spatial_shapes]  # no int(): symbolic sizes under torch.export stay symbolic
