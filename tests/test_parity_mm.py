@@ -304,3 +304,74 @@ def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
     # (tgt_embed is indexed by rank), so both their queries differ; measured here: 12 of 900
     assert bad <= 18
     assert ref_logits.std() > 0.1 and ref.pred_boxes.std() > 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["base", "large"])
+def test_swin_b_and_l_match_transformers(tokenizer, tmp_path, size):
+    """The Swin-B (window 12) and Swin-L (window 12, stride-4 map: 5 feature levels) presets, 512x512,
+    realistic random weights prepared as in the Swin-T test; the same criteria (measured: Swin-B 892-894,
+    Swin-L 900 of 900 queries within 1e-4)."""
+    optimize = pytest.importorskip("scipy.optimize")
+    from transformers import MMGroundingDinoForObjectDetection, SwinConfig
+
+    from gdino.config import get_preset
+
+    heads, stages = ([4, 8, 16, 32], [2, 3, 4]) if size == "base" else ([6, 12, 24, 48], [1, 2, 3, 4])
+    swin = SwinConfig(
+        embed_dim=128 if size == "base" else 192,
+        depths=[2, 2, 18, 2],
+        num_heads=heads,
+        window_size=12,
+        out_indices=stages,
+        out_features=[f"stage{i}" for i in stages],
+    )
+    cfg = _hf_config(False, swin, tiny=False)
+    cfg.num_feature_levels = len(stages) + 1
+    torch.manual_seed(0)
+    hf = _realistic(MMGroundingDinoForObjectDetection(cfg), seed=5)
+    with torch.no_grad():  # see test_swin_t_800x1333_matches_transformers
+        for name, p in hf.named_parameters():
+            if re.search(r"bbox_embed\.(\d+\.)?layers\.2\.", name):
+                p.mul_(0.05)
+        hf.model.enc_output.bias.zero_()
+        hf.model.enc_output_norm.bias.zero_()
+        hf.model.enc_output_norm.weight.neg_()
+    folder = tmp_path / f"mm-{size}-random"
+    hf.save_pretrained(folder)
+    tokenizer.save_pretrained(str(folder))
+    ours = load_model(folder)
+    want = get_preset(f"mm-grounding-dino-{size}")
+    got = ours.config
+    assert (got.backbone.embed_dim, got.backbone.window_size, got.backbone.out_indices, got.num_feature_levels) == (
+        want.backbone.embed_dim,
+        want.backbone.window_size,
+        want.backbone.out_indices,
+        want.num_feature_levels,
+    )
+    ours = load_model(folder, config=dataclasses.replace(got, inverse_sigmoid_eps=1e-5))
+    pixels = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    text = ours.tokenize(["a cat . a remote control ."])
+    with torch.no_grad():
+        out = ours(pixels, text)
+        ref = hf(
+            pixel_values=pixels,
+            input_ids=text.input_ids,
+            attention_mask=text.attention_mask.long(),
+            token_type_ids=text.token_type_ids,
+        )
+    valid = out.text_mask[0]
+    n = int(valid.sum())
+    ours_logits, ref_logits = out.logits[0][:, valid], ref.logits[0][:, :n]
+    cost = torch.maximum(
+        torch.cdist(out.boxes[0], ref.pred_boxes[0], p=float("inf")),
+        torch.cdist(ours_logits, ref_logits, p=float("inf")),
+    )
+    rows, cols = optimize.linear_sum_assignment(cost.numpy())
+    err = cost[torch.as_tensor(rows), torch.as_tensor(cols)]
+    ref_sorted = ref.enc_outputs_class[0, :, :n].max(-1).values.sort(descending=True).values
+    sel_err = (out.enc_logits[0][:, valid].max(-1).values - ref_sorted[:900]).abs().max().item()
+    bad = int((err > 1e-4).sum())
+    print(f"MM {size}: selection score error {sel_err:.1e}; {900 - bad}/900 queries within 1e-4")
+    assert sel_err < 1e-5 and bad <= 18
+    assert ref.pred_boxes.std() > 0.05 and ref_logits.std() > 0.1
