@@ -107,12 +107,12 @@ def _example(model: GroundingDINO, options: ExportOptions) -> dict[str, torch.Te
     return example_inputs(model, batch=options.batch or 2, height=h, width=w, length=11)
 
 
-def export_graph(graph: torch.nn.Module, path: Path, options: ExportOptions, metadata: dict[str, str]) -> Path:
+def export_graph(graph: DetectionGraph | TextGraph | FeaturesGraph, path: Path, options: ExportOptions, metadata: dict[str, str]) -> Path:
     """Trace ``graph`` (a wrapper of :mod:`gdino.export.graph`) to ``path``; check it; add ``metadata``."""
     import onnx  # optional dependency ([export] extra)
 
-    model = graph.model  # type: ignore[attr-defined]
-    names: tuple[str, ...] = graph.inputs  # type: ignore[attr-defined]
+    model = graph.model
+    names: tuple[str, ...] = graph.inputs
     example = _example(model, options)
     args = tuple(example[name] for name in names)
     shapes = _dynamic_shapes(names, options, model.config.max_text_len)
@@ -125,12 +125,14 @@ def export_graph(graph: torch.nn.Module, path: Path, options: ExportOptions, met
                 graph, args, dynamic_shapes=shapes, strict=False, prefer_deferred_runtime_asserts_over_guards=True
             )
             program = torch.onnx.export(
-                exported, dynamo=True, input_names=list(names), output_names=list(graph.outputs),  # type: ignore[attr-defined]
+                exported, dynamo=True, input_names=list(names), output_names=list(graph.outputs),
                 opset_version=options.opset, external_data=False,
             )
     except Exception as err:  # the exporter raises many types; one line for the user, details in the log
         logger.debug("export failed", exc_info=True)
         raise ExportError(f"torch.onnx.export failed: {str(err).splitlines()[0]}") from err
+    if program is None:
+        raise ExportError("torch.onnx.export returned no ONNX program")
     proto = program.model_proto
     for key, value in metadata.items():
         entry = proto.metadata_props.add()

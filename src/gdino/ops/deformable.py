@@ -188,8 +188,8 @@ def _gather_corners(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor
     level = torch.arange(levels, device=device).repeat_interleave(points)
     size = _level_sizes(shapes, pixels)[level]  # [lp, 2] (w, h) as floats
     starts = [0]
-    for h, w in shapes[:-1]:
-        starts.append(starts[-1] + h * w)
+    for h, wd in shapes[:-1]:
+        starts.append(starts[-1] + h * wd)
     first = torch.tensor(starts, device=device, dtype=torch.long)[level]  # [lp]
     width = torch.tensor([w for _, w in shapes], device=device, dtype=torch.long)[level]
     # rows of (batch, head) in the table: (batch * S + position) * heads + head

@@ -24,6 +24,7 @@ from gdino.weights import native
 from gdino.weights.load import save_model
 
 if TYPE_CHECKING:  # type hints only: the trainer imports this module
+    from gdino.model.grounding_dino import GroundingDINO
     from gdino.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -41,13 +42,13 @@ class LoopState:
 
 def model_metadata(model: nn.Module) -> dict[str, str]:
     config = getattr(model, "config", None)
-    return ckpt.model_metadata(config.to_dict() if hasattr(config, "to_dict") else {})
+    return ckpt.model_metadata(config.to_dict() if config is not None and hasattr(config, "to_dict") else {})
 
 
 def model_writer(model: nn.Module) -> Callable[[dict[str, Tensor], Path], None] | None:
     """gdino's own weight-file writer (config and vocabulary in the metadata) for a GroundingDINO."""
     config = getattr(model, "config", None)
-    if not hasattr(config, "backbone"):
+    if config is None or not hasattr(config, "backbone"):
         return None
     tokenizer = getattr(model, "tokenizer", None)
     return lambda state, path: native.write(state, config, path, tokenizer)
@@ -113,7 +114,7 @@ def resume_run(t: Trainer, path: str | Path | None = None) -> bool:
     return True
 
 
-def averaged_model(t: Trainer) -> nn.Module:
+def averaged_model(t: Trainer) -> GroundingDINO:
     """The model with the EMA weights when EMA is on (a copy), else the model itself."""
     if t.ema is None:
         return t.model

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -171,7 +172,7 @@ class SetCriterion:
         suffixes = ["" if i == last else f"_{i}" for i in range(last + 1)] + ["_enc"]
         factors = [1.0 if i == last else w.aux for i in range(last + 1)] + [w.enc]
         terms: list[tuple[str, Tensor, float]] = []
-        values = self.set_losses(logits, boxes, targets, mask, nb)
+        values: tuple[Tensor, ...] = self.set_losses(logits, boxes, targets, mask, nb)
         if dn_meta is not None:
             if output.dn_logits is None or output.dn_boxes is None:
                 raise ValueError("dn_meta given but the output has no denoising predictions")
@@ -188,5 +189,5 @@ class SetCriterion:
                 losses[base + suffix] = vec[k]
             terms.append((base, vec, scale))
         weights = torch.tensor(factors, dtype=torch.float32, device=device)
-        losses["total"] = sum(scale * (vec * weights).sum() for _, vec, scale in terms)
+        losses["total"] = cast(Tensor, sum(scale * (vec * weights).sum() for _, vec, scale in terms))  # 3 terms: a Tensor
         return losses

@@ -79,7 +79,7 @@ class OptimSection:
     text_lr_mult: float = 0.1
     offsets_lr_mult: float = 0.1
     weight_decay: float = 1e-4
-    betas: tuple[float, ...] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 0.1
     amp: str = "none"
     ema: bool = False
