@@ -11,7 +11,8 @@ from gdino.core.files import write_json as core_write_json
 
 
 def coco_json(items: list[dict], names: list[str], size: int) -> dict:
-    images, anns = [], []
+    images: list[dict] = []
+    anns: list[dict] = []
     for it in items:
         images.append({"id": it["id"], "file_name": it["file_name"], "height": size, "width": size})
         for s in it["shapes"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file
@@ -23,6 +23,7 @@ from gdino.data.synthetic import generate
 from gdino.data.synthetic_variants import variant_config
 from gdino.data.transforms import TransformConfig, build_eval_transform, build_train_transform
 from gdino.errors import GdinoError
+from gdino.model.grounding_dino import GroundingDINO
 from gdino.model.grounding_dino import build_model as build
 from gdino.text.tokenizer import load_tokenizer
 from gdino.train.checkpointing import LoopState
@@ -69,7 +70,7 @@ def load_text_weights(bert: torch.nn.Module, source: str) -> int:
     return len(bert.state_dict())
 
 
-def set_num_queries(model: torch.nn.Module, n: int) -> None:
+def set_num_queries(model: GroundingDINO, n: int) -> None:
     """Run ``n`` matching queries: the config says so and the query embedding keeps its first ``n``
     rows (a checkpoint with fewer than ``n`` cannot grow; a random-init model is rebuilt instead)."""
     have = model.config.num_queries
@@ -85,7 +86,7 @@ def set_num_queries(model: torch.nn.Module, n: int) -> None:
     model.config = replace(model.config, num_queries=n)
 
 
-def build_model(cfg: ModelSection) -> torch.nn.Module:
+def build_model(cfg: ModelSection) -> GroundingDINO:
     """The model to train: ``weights`` through ``gdino.load_model``, else a random ``preset``."""
     if cfg.weights:
         model = load_model(cfg.weights, device="cpu")
@@ -130,7 +131,7 @@ def build_datasets(cfg: DataSection, tokenizer: Any, seed: int, max_text_len: in
         raise GdinoError("no training data: set data.train (a COCO .json or ODVG .jsonl) or data.synthetic")
     tcfg = TransformConfig.scaled(cfg.image_size, crop_prob=cfg.crop_prob, flip_prob=cfg.flip_prob)
     transform = build_train_transform(tcfg) if cfg.augment else build_eval_transform(tcfg)
-    kind = "odvg" if cfg.train.endswith(".jsonl") else "coco"
+    kind: Literal["coco", "odvg"] = "odvg" if cfg.train.endswith(".jsonl") else "coco"
     images = cfg.train_images or str(Path(cfg.train).parent)
     prompt = PromptConfig(max_classes=cfg.max_classes, max_text_len=max_text_len, max_tokens=max_text_len)
     return build_dataset(kind, cfg.train, images, tokenizer, transform, prompt, cfg.label_map, train=True, seed=seed)

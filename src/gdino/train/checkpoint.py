@@ -36,7 +36,7 @@ STATE_FILE = "state.pt"
 
 def capture_rng() -> dict[str, Any]:
     """Every random generator the loop uses (torch CPU/CUDA, Python, NumPy) as safe values."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from gdino.errors import GdinoError
+from gdino.model.grounding_dino import GroundingDINO
 from gdino.train import checkpoint as ckpt
 from gdino.train.distributed import barrier, gather_objects
 from gdino.weights import native
@@ -39,17 +39,13 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
 
 
-def model_metadata(model: nn.Module) -> dict[str, str]:
-    config = getattr(model, "config", None)
-    return ckpt.model_metadata(config.to_dict() if hasattr(config, "to_dict") else {})
+def model_metadata(model: GroundingDINO) -> dict[str, str]:
+    return ckpt.model_metadata(model.config.to_dict())
 
 
-def model_writer(model: nn.Module) -> Callable[[dict[str, Tensor], Path], None] | None:
-    """gdino's own weight-file writer (config and vocabulary in the metadata) for a GroundingDINO."""
-    config = getattr(model, "config", None)
-    if not hasattr(config, "backbone"):
-        return None
-    tokenizer = getattr(model, "tokenizer", None)
+def model_writer(model: GroundingDINO) -> Callable[[dict[str, Tensor], Path], None]:
+    """gdino's own weight-file writer (config and vocabulary in the metadata)."""
+    config, tokenizer = model.config, model.tokenizer
     return lambda state, path: native.write(state, config, path, tokenizer)
 
 
@@ -113,7 +109,7 @@ def resume_run(t: Trainer, path: str | Path | None = None) -> bool:
     return True
 
 
-def averaged_model(t: Trainer) -> nn.Module:
+def averaged_model(t: Trainer) -> GroundingDINO:
     """The model with the EMA weights when EMA is on (a copy), else the model itself."""
     if t.ema is None:
         return t.model
@@ -126,15 +122,7 @@ def export_weights(t: Trainer, path: str | Path) -> Path:
     """The trained weights (EMA ones when EMA is on) as a gdino safetensors file
     (``gdino.load_model`` / ``gdino detect --weights`` read it)."""
     path = Path(path)
-    if model_writer(t.model) is not None:
-        save_model(averaged_model(t), path)
-        return path
-    weights = t.ema.shadow if t.ema is not None else t.model.state_dict()
-    own = t.model.state_dict()
-    tensors = {k: v.detach().to(own[k].dtype).contiguous().cpu() for k, v in weights.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=model_metadata(t.model))
-    tmp.replace(path)
+    save_model(averaged_model(t), path)
     return path
 
 

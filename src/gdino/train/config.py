@@ -90,7 +90,7 @@ def _build(kind: type, values: Any, where: str, base: Any = None) -> Any:
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}{_suggest(str(key), names, where)}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             changes[key] = _build(hint, value, path, getattr(base, key))
         else:
             changes[key] = _coerce(value, hint, path)

@@ -177,7 +177,11 @@ class SetCriterion:
                 raise ValueError("dn_meta given but the output has no denoising predictions")
             dn_logits = torch.stack([lg[..., :used] for lg in output.dn_logits])
             dn_values = self.denoising_losses(dn_logits, torch.stack(list(output.dn_boxes)), targets, mask, dn_meta, nb)
-            values = tuple(torch.cat(pair) for pair in zip(values, dn_values))
+            values = (
+                torch.cat((values[0], dn_values[0])),
+                torch.cat((values[1], dn_values[1])),
+                torch.cat((values[2], dn_values[2])),
+            )
             suffixes += ["_dn" if i == last else f"_dn_{i}" for i in range(len(output.dn_logits))]
             factors += [w.dn] * len(output.dn_logits)
         losses: dict[str, Tensor] = {}
@@ -188,5 +192,5 @@ class SetCriterion:
                 losses[base + suffix] = vec[k]
             terms.append((base, vec, scale))
         weights = torch.tensor(factors, dtype=torch.float32, device=device)
-        losses["total"] = sum(scale * (vec * weights).sum() for _, vec, scale in terms)
+        losses["total"] = torch.stack([scale * (vec * weights).sum() for _, vec, scale in terms]).sum()
         return losses

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gdino.errors import GdinoError
+from gdino.model.grounding_dino import GroundingDINO
 from gdino.text.tokenize import tokenize
 from gdino.train.checkpointing import LoopState, averaged_model, export_weights, resume_run, save_run
 from gdino.train.config import save_config
@@ -44,7 +45,7 @@ class TrainingDiverged(GdinoError):
 class TrainForward(nn.Module):
     """The training forward as one module (so DDP sees it): text, image, denoising, decoder."""
 
-    def __init__(self, model: nn.Module, denoising: Any = None) -> None:
+    def __init__(self, model: GroundingDINO, denoising: Any = None) -> None:
         super().__init__()
         self.model = model
         self.denoising = denoising  # a gdino.train.denoising.DenoisingConfig, or None for off
@@ -81,7 +82,7 @@ class Trainer:
     def __init__(
         self,
         cfg: TrainConfig,
-        model: nn.Module,
+        model: GroundingDINO,
         dataset: Any,
         collate_fn: Callable,
         criterion: Callable,
@@ -93,7 +94,7 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.device = torch.device(device)
         self.out = Path(cfg.output_dir)
-        self.model = model.to(self.device)
+        self.model: GroundingDINO = model.to(self.device)
         apply_freezing(self.model, cfg.model)
         self.model.use_checkpoint = cfg.model.gradient_checkpointing
         self.dataset = SeededDataset(dataset, cfg.seed)
