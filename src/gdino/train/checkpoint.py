@@ -36,9 +36,7 @@ STATE_FILE = "state.pt"
 
 def capture_rng() -> dict[str, Any]:
     """Every random generator the loop uses (torch CPU/CUDA, Python, NumPy) as safe values."""
-    np_state = np.random.get_state()
-    if not isinstance(np_state, tuple):
-        raise CheckpointError("NumPy's global generator is not MT19937: its state cannot be checkpointed")
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),

@@ -14,17 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from gdino.errors import GdinoError
+from gdino.model.grounding_dino import GroundingDINO
 from gdino.train import checkpoint as ckpt
 from gdino.train.distributed import barrier, gather_objects
 from gdino.weights import native
 from gdino.weights.load import save_model
 
 if TYPE_CHECKING:  # type hints only: the trainer imports this module
-    from gdino.model.grounding_dino import GroundingDINO
     from gdino.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -40,17 +39,13 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
 
 
-def model_metadata(model: nn.Module) -> dict[str, str]:
-    config = getattr(model, "config", None)
-    return ckpt.model_metadata(config.to_dict() if config is not None and hasattr(config, "to_dict") else {})
+def model_metadata(model: GroundingDINO) -> dict[str, str]:
+    return ckpt.model_metadata(model.config.to_dict())
 
 
-def model_writer(model: nn.Module) -> Callable[[dict[str, Tensor], Path], None] | None:
-    """gdino's own weight-file writer (config and vocabulary in the metadata) for a GroundingDINO."""
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "backbone"):
-        return None
-    tokenizer = getattr(model, "tokenizer", None)
+def model_writer(model: GroundingDINO) -> Callable[[dict[str, Tensor], Path], None]:
+    """gdino's own weight-file writer (config and vocabulary in the metadata)."""
+    config, tokenizer = model.config, model.tokenizer
     return lambda state, path: native.write(state, config, path, tokenizer)
 
 
@@ -127,15 +122,7 @@ def export_weights(t: Trainer, path: str | Path) -> Path:
     """The trained weights (EMA ones when EMA is on) as a gdino safetensors file
     (``gdino.load_model`` / ``gdino detect --weights`` read it)."""
     path = Path(path)
-    if model_writer(t.model) is not None:
-        save_model(averaged_model(t), path)
-        return path
-    weights = t.ema.shadow if t.ema is not None else t.model.state_dict()
-    own = t.model.state_dict()
-    tensors = {k: v.detach().to(own[k].dtype).contiguous().cpu() for k, v in weights.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=model_metadata(t.model))
-    tmp.replace(path)
+    save_model(averaged_model(t), path)
     return path
 
 

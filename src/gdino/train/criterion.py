@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 import torch
 from torch import Tensor
@@ -172,13 +171,17 @@ class SetCriterion:
         suffixes = ["" if i == last else f"_{i}" for i in range(last + 1)] + ["_enc"]
         factors = [1.0 if i == last else w.aux for i in range(last + 1)] + [w.enc]
         terms: list[tuple[str, Tensor, float]] = []
-        values: tuple[Tensor, ...] = self.set_losses(logits, boxes, targets, mask, nb)
+        values = self.set_losses(logits, boxes, targets, mask, nb)
         if dn_meta is not None:
             if output.dn_logits is None or output.dn_boxes is None:
                 raise ValueError("dn_meta given but the output has no denoising predictions")
             dn_logits = torch.stack([lg[..., :used] for lg in output.dn_logits])
             dn_values = self.denoising_losses(dn_logits, torch.stack(list(output.dn_boxes)), targets, mask, dn_meta, nb)
-            values = tuple(torch.cat(pair) for pair in zip(values, dn_values))
+            values = (
+                torch.cat((values[0], dn_values[0])),
+                torch.cat((values[1], dn_values[1])),
+                torch.cat((values[2], dn_values[2])),
+            )
             suffixes += ["_dn" if i == last else f"_dn_{i}" for i in range(len(output.dn_logits))]
             factors += [w.dn] * len(output.dn_logits)
         losses: dict[str, Tensor] = {}
@@ -189,5 +192,5 @@ class SetCriterion:
                 losses[base + suffix] = vec[k]
             terms.append((base, vec, scale))
         weights = torch.tensor(factors, dtype=torch.float32, device=device)
-        losses["total"] = cast(Tensor, sum(scale * (vec * weights).sum() for _, vec, scale in terms))  # 3 terms: a Tensor
+        losses["total"] = torch.stack([scale * (vec * weights).sum() for _, vec, scale in terms]).sum()
         return losses

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gdino.train.sections import ModelSection, OptimSection, ScheduleSection
+from gdino.train.sections import ConfigError, ModelSection, OptimSection, ScheduleSection
 
 #: parameters that never receive a gradient in Grounding DINO (BERT's pooler output is unused)
 UNUSED_PREFIXES = ("bert.pooler.",)
@@ -62,9 +62,10 @@ def build_optimizer(model: nn.Module, cfg: OptimSection) -> torch.optim.AdamW:
     groups = param_groups(model, cfg)
     devices = {p.device.type for g in groups for p in g["params"]}
     fused = bool(devices) and devices <= {"cpu", "cuda"}
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused or None
-    )
+    if len(cfg.betas) != 2:
+        raise ConfigError(f"optim.betas: expected two values, got {list(cfg.betas)}")
+    betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.device = torch.device(device)
         self.out = Path(cfg.output_dir)
-        self.model = model.to(self.device)
+        self.model: GroundingDINO = model.to(self.device)
         apply_freezing(self.model, cfg.model)
         self.model.use_checkpoint = cfg.model.gradient_checkpointing
         self.dataset = SeededDataset(dataset, cfg.seed)
