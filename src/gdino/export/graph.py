@@ -26,7 +26,7 @@ TEXT_OUTPUTS = ("text_features",)
 FEATURES_INPUTS = ("text_features", "attention_mask", "position_ids", "self_attention_masks") + IMAGE_INPUTS
 
 
-def _outputs(model: GroundingDINO, logits: Tensor, boxes: Tensor, length: int) -> tuple[Tensor, Tensor]:
+def _outputs(logits: Tensor, boxes: Tensor, length: int) -> tuple[Tensor, Tensor]:
     """The L input tokens' logits (the model pads to ``max_text_len`` in eager mode) in float32."""
     return logits[..., :length].float(), boxes.float()
 
@@ -34,8 +34,9 @@ def _outputs(model: GroundingDINO, logits: Tensor, boxes: Tensor, length: int) -
 class DetectionGraph(nn.Module):
     """The whole detector: tokenized text + padded pixels -> ``logits [B,Q,L]``, ``boxes [B,Q,4]``."""
 
-    inputs = INPUT_NAMES
-    outputs = OUTPUT_NAMES
+    inputs: tuple[str, ...] = INPUT_NAMES
+    outputs: tuple[str, ...] = OUTPUT_NAMES
+    model: GroundingDINO
 
     def __init__(self, model: GroundingDINO) -> None:
         super().__init__()
@@ -54,14 +55,15 @@ class DetectionGraph(nn.Module):
         torch._check(pixel_values.shape[0] == input_ids.shape[0])  # one prompt per image (one symbol for tracing)
         text = TokenizedText(input_ids, attention_mask.bool(), token_type_ids, position_ids, self_attention_masks.bool())
         out = self.model(pixel_values.to(self.model.dtype), text, pixel_mask.bool())
-        return _outputs(self.model, out.logits, out.boxes, input_ids.shape[1])
+        return _outputs(out.logits, out.boxes, input_ids.shape[1])
 
 
 class TextGraph(nn.Module):
     """The text half: tokenized text -> ``text_features [B,L,d]`` (BERT + ``feat_map``), cacheable per prompt."""
 
-    inputs = TEXT_INPUTS
-    outputs = TEXT_OUTPUTS
+    inputs: tuple[str, ...] = TEXT_INPUTS
+    outputs: tuple[str, ...] = TEXT_OUTPUTS
+    model: GroundingDINO
 
     def __init__(self, model: GroundingDINO) -> None:
         super().__init__()
@@ -82,8 +84,9 @@ class TextGraph(nn.Module):
 class FeaturesGraph(nn.Module):
     """The rest: ``text_features`` (+ the text masks) and pixels -> ``logits``, ``boxes``."""
 
-    inputs = FEATURES_INPUTS
-    outputs = OUTPUT_NAMES
+    inputs: tuple[str, ...] = FEATURES_INPUTS
+    outputs: tuple[str, ...] = OUTPUT_NAMES
+    model: GroundingDINO
 
     def __init__(self, model: GroundingDINO) -> None:
         super().__init__()
@@ -103,7 +106,7 @@ class FeaturesGraph(nn.Module):
         text = TextFeatures(text_features.to(dtype), attention_mask.bool(), self_attention_masks.bool(), position_ids)
         image = self.model.encode_image(pixel_values.to(dtype), pixel_mask.bool())
         out = self.model.forward_features(image, text)
-        return _outputs(self.model, out.logits, out.boxes, text_features.shape[1])
+        return _outputs(out.logits, out.boxes, text_features.shape[1])
 
 
 def example_inputs(

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from gdino import __version__
+from gdino.config import GroundingDINOConfig
 from gdino.errors import GdinoError
 from gdino.export.graph import DetectionGraph, FeaturesGraph, TextGraph, example_inputs
 from gdino.model.grounding_dino import GroundingDINO
@@ -79,14 +80,28 @@ def vocab_sha256(tokenizer: Any) -> str | None:
     return None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _dynamic_shapes(names: tuple[str, ...], options: ExportOptions, max_text_len: int) -> dict[str, dict[int, Any]]:
+def min_side(config: GroundingDINOConfig) -> int:
+    """Smallest side (a multiple of 32, >= MIN_SIDE) of a square image with at least ``num_queries``
+    encoder tokens: a dynamic graph takes sides from here up, so that query selection always keeps
+    ``num_queries`` queries (fewer would be a different graph). 224 for the released models."""
+    levels = config.num_feature_levels
+    side = MIN_SIDE
+    while sum((-(-side // (8 * 2**lvl))) ** 2 for lvl in range(levels)) < config.num_queries:
+        side += 32
+    return side
+
+
+def _dynamic_shapes(
+    names: tuple[str, ...], options: ExportOptions, config: GroundingDINOConfig
+) -> dict[str, dict[int, Any]]:
     """Per input, the symbolic dims (one Dim object per meaning, shared across inputs)."""
+    max_text_len, low = config.max_text_len, min_side(config)
     dim = torch.export.Dim
     batch = None if options.batch is not None else dim("batch", min=1, max=MAX_BATCH)
     length = dim("text_len", min=2, max=max_text_len)
     height = width = None
     if options.image_size is None:
-        height, width = dim("height", min=MIN_SIDE, max=MAX_SIDE), dim("width", min=MIN_SIDE, max=MAX_SIDE)
+        height, width = dim("height", min=low, max=MAX_SIDE), dim("width", min=low, max=MAX_SIDE)
     axes: dict[str, dict[int, Any]] = {
         "input_ids": {0: batch, 1: length},
         "attention_mask": {0: batch, 1: length},
@@ -107,15 +122,17 @@ def _example(model: GroundingDINO, options: ExportOptions) -> dict[str, torch.Te
     return example_inputs(model, batch=options.batch or 2, height=h, width=w, length=11)
 
 
-def export_graph(graph: DetectionGraph | TextGraph | FeaturesGraph, path: Path, options: ExportOptions, metadata: dict[str, str]) -> Path:
+def export_graph(
+    graph: DetectionGraph | TextGraph | FeaturesGraph, path: Path, options: ExportOptions, metadata: dict[str, str]
+) -> Path:
     """Trace ``graph`` (a wrapper of :mod:`gdino.export.graph`) to ``path``; check it; add ``metadata``."""
     import onnx  # optional dependency ([export] extra)
 
     model = graph.model
-    names: tuple[str, ...] = graph.inputs
+    names = graph.inputs
     example = _example(model, options)
     args = tuple(example[name] for name in names)
-    shapes = _dynamic_shapes(names, options, model.config.max_text_len)
+    shapes = _dynamic_shapes(names, options, model.config)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with torch.no_grad():
@@ -131,8 +148,8 @@ def export_graph(graph: DetectionGraph | TextGraph | FeaturesGraph, path: Path, 
     except Exception as err:  # the exporter raises many types; one line for the user, details in the log
         logger.debug("export failed", exc_info=True)
         raise ExportError(f"torch.onnx.export failed: {str(err).splitlines()[0]}") from err
-    if program is None:
-        raise ExportError("torch.onnx.export returned no ONNX program")
+    if program is None:  # only without dynamo=True
+        raise ExportError("torch.onnx.export returned no program")
     proto = program.model_proto
     for key, value in metadata.items():
         entry = proto.metadata_props.add()

@@ -201,7 +201,7 @@ def _gather_corners(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor
     frac = xy - corner
     fx, fy = frac.unbind(-1)
     x0, y0 = corner.long().unbind(-1)
-    w = weights.reshape(b, q, heads, lp)
+    attn = weights.reshape(b, q, heads, lp)
     out = value.new_zeros(b * q * heads, c)
     table = value.reshape(b * s * heads, c)
     for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
@@ -211,7 +211,7 @@ def _gather_corners(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor
         position = torch.minimum(position, first + (size[:, 0] * size[:, 1]).long() - 1)  # inside the level
         rows = ((base + position) * heads + head).reshape(-1)
         bilinear = (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
-        weight = (w * bilinear * inside.to(w.dtype)).reshape(-1, lp, 1)
+        weight = (attn * bilinear * inside.to(attn.dtype)).reshape(-1, lp, 1)
         out = out + (table.index_select(0, rows).view(-1, lp, c) * weight).sum(1)
     return out.view(b, q, heads * c)
 
