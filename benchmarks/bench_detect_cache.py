@@ -122,7 +122,11 @@ def main() -> None:
             Detector(model, image_size=size, text_cache_size=0).detect(im, prompt)
 
     if args.images:
-        report(f"{args.images} images, one prompt (text cache)", timed(with_cache, args.repeats), timed(without_cache, args.repeats))
+        report(
+            f"{args.images} images, one prompt (text cache)",
+            timed(with_cache, args.repeats),
+            timed(without_cache, args.repeats),
+        )
 
     # 2. image reuse
     def reuse():
@@ -134,7 +138,11 @@ def main() -> None:
             det.detect(photo, p)
 
     if args.prompts:
-        report(f"one image, {args.prompts} prompts (image reuse)", timed(reuse, args.repeats), timed(separate, args.repeats))
+        report(
+            f"one image, {args.prompts} prompts (image reuse)",
+            timed(reuse, args.repeats),
+            timed(separate, args.repeats),
+        )
 
     # 3. LVIS-sized class list
     det = Detector(model, image_size=size)
@@ -165,19 +173,25 @@ def main() -> None:
         t_rest = timed(lambda: model.forward_features(imf, tf), args.repeats)
         chunk_texts = [model.tokenize([c.caption]) for c in chunks]
         t_chunks = timed(lambda: [model.encode_text(t) for t in chunk_texts], 1)
-    print(f"parts at {tuple(pixels.shape[-2:])}: text {t_text:.3f} s, image (Swin + proj) {t_image:.3f} s, "
-          f"fusion/encoder/decoder {t_rest:.3f} s; text of all {len(chunks)} chunks of {args.classes} classes "
-          f"{t_chunks:.3f} s (what the text cache saves per image after the first)")
+    print(
+        f"parts at {tuple(pixels.shape[-2:])}: text {t_text:.3f} s, image (Swin + proj) {t_image:.3f} s, "
+        f"fusion/encoder/decoder {t_rest:.3f} s; text of all {len(chunks)} chunks of {args.classes} classes "
+        f"{t_chunks:.3f} s (what the text cache saves per image after the first)"
+    )
 
     print()
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"preset {args.preset}, image {tuple(pixels.shape[-2:])}, median of {args.repeats}, {args.clock} seconds")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"preset {args.preset}, image {tuple(pixels.shape[-2:])}, median of {args.repeats}, {args.clock} seconds"
+    )
     print("| case | gdino (caches) | naive | speed-up |")
     print("| --- | --- | --- | --- |")
     for what, cached, naive in rows:
         print(f"| {what} | {cached:.2f} s | {naive:.2f} s | {naive / cached:.2f}x |")
     print(f"| parts of one pass | text {t_text:.2f} s | image {t_image:.2f} s | rest {t_rest:.2f} s |")
-    print(f"| text of {len(chunks)} chunks ({args.classes} classes), saved per image by the text cache | {t_chunks:.2f} s | | |")
+    print(
+        f"| text of {len(chunks)} chunks ({args.classes} classes), saved per image by the text cache | {t_chunks:.2f} s | | |"
+    )
 
 
 if __name__ == "__main__":

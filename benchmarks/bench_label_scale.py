@@ -100,8 +100,20 @@ def bench_label(args: argparse.Namespace, work: Path) -> list[str]:
     ckpt, folder = work / "model.safetensors", work / "photos"
     make_checkpoint(args.preset, ckpt)
     make_folder(folder, args.images)
-    base = [sys.executable, "-m", "gdino", "label", str(folder), "--classes", "cat,person,cup,rocket",
-            "--weights", str(ckpt), "--image-size", str(args.image_size), "--no-progress"]
+    base = [
+        sys.executable,
+        "-m",
+        "gdino",
+        "label",
+        str(folder),
+        "--classes",
+        "cat,person,cup,rocket",
+        "--weights",
+        str(ckpt),
+        "--image-size",
+        str(args.image_size),
+        "--no-progress",
+    ]
     configs = [
         ("one process, 1 thread", ["--workers", "2"], 1),
         ("one process, 2 threads", ["--workers", "2"], 2),
@@ -116,7 +128,11 @@ def bench_label(args: argparse.Namespace, work: Path) -> list[str]:
         n = len(json.loads((out / "annotations.json").read_text())["images"])
         print(f"{name}: {seconds:.1f} s, {n / seconds:.2f} img/s, peak {peak / 2**20:.0f} MiB | {line}", flush=True)
         rows.append(f"| {name} | {n} | {seconds:.1f} | {n / seconds:.2f} | {peak / 2**20:.0f} |")
-    return ["| engine | images | wall s | images/s | peak RSS (MiB, process tree) |", "|---|---:|---:|---:|---:|", *rows]
+    return [
+        "| engine | images | wall s | images/s | peak RSS (MiB, process tree) |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+    ]
 
 
 def bench_merge(args: argparse.Namespace, work: Path) -> list[str]:
@@ -131,12 +147,22 @@ def bench_merge(args: argparse.Namespace, work: Path) -> list[str]:
     t = time.perf_counter()
     for start in range(0, len(names), 64):
         records = []
-        for name in names[start:start + 64]:
+        for name in names[start : start + 64]:
             dets = []
             for _ in range(args.boxes):
                 x, y = rng.uniform(0, 500), rng.uniform(0, 300)
-                dets.append({"box": [round(x, 2), round(y, 2), round(x + rng.uniform(5, 100), 2), round(y + rng.uniform(5, 100), 2)],
-                             "score": round(rng.random(), 5), "class_id": rng.randrange(4)})
+                dets.append(
+                    {
+                        "box": [
+                            round(x, 2),
+                            round(y, 2),
+                            round(x + rng.uniform(5, 100), 2),
+                            round(y + rng.uniform(5, 100), 2),
+                        ],
+                        "score": round(rng.random(), 5),
+                        "class_id": rng.randrange(4),
+                    }
+                )
             records.append({"file": name, "width": 640, "height": 480, "detections": dets})
         write_shard(shards, records)
     written = time.perf_counter() - t
@@ -148,14 +174,19 @@ def bench_merge(args: argparse.Namespace, work: Path) -> list[str]:
     write_dataset(work / "ds", "/data/photos", names, recs, ["cat", "person", "cup", "rocket"], ["coco"], {})
     coco = time.perf_counter() - t
     t = time.perf_counter()
-    write_dataset(work / "ds_yolo", "/data/photos", names, recs, ["cat", "person", "cup", "rocket"], ["coco", "yolo"], {})
+    write_dataset(
+        work / "ds_yolo", "/data/photos", names, recs, ["cat", "person", "cup", "rocket"], ["coco", "yolo"], {}
+    )
     yolo = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     size = (work / "ds" / "annotations.json").stat().st_size
     n, boxes = args.merge_images, args.merge_images * args.boxes
-    print(f"merge {n} images / {boxes} boxes: shards written {written:.1f} s (not part of the merge), read {read:.1f} s, "
-          f"COCO {coco:.1f} s ({size / 2**20:.0f} MiB), COCO+YOLO {yolo:.1f} s; peak RSS {peak / 1024:.0f} MiB "
-          f"(before reading {rss0 / 1024:.0f} MiB)", flush=True)
+    print(
+        f"merge {n} images / {boxes} boxes: shards written {written:.1f} s (not part of the merge), read {read:.1f} s, "
+        f"COCO {coco:.1f} s ({size / 2**20:.0f} MiB), COCO+YOLO {yolo:.1f} s; peak RSS {peak / 1024:.0f} MiB "
+        f"(before reading {rss0 / 1024:.0f} MiB)",
+        flush=True,
+    )
     return [
         "| images | boxes | shards | read shards s | write COCO s | write COCO + YOLO s | annotations.json | peak RSS |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -174,8 +205,14 @@ def main() -> None:
     ap.add_argument("--merge-only", action="store_true")
     ap.add_argument("--label-only", action="store_true")
     args = ap.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     print(f"machine: {cpu}, nproc {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} at start", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_label_scale_") as tmp:
         tables = []

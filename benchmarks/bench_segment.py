@@ -127,7 +127,10 @@ def main(argv=None) -> int:
     t_embed, emb = _timed(run_embed, args.repeat)
     t_dec, _ = _timed(run_decode, args.repeat)
     t_all, out = _timed(run_all, args.repeat)
-    cpu = {k: round(CPU_TIMES[id(f)], 3) for k, f in (("detect", run_detect), ("embed", run_embed), ("decode", run_decode), ("all", run_all))}
+    cpu = {
+        k: round(CPU_TIMES[id(f)], 3)
+        for k, f in (("detect", run_detect), ("embed", run_embed), ("decode", run_decode), ("all", run_all))
+    }
     row = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
         "detector": args.weights or f"{args.detector} (random)",

@@ -99,9 +99,28 @@ def run_one(args: argparse.Namespace, weights: Path, max_batch: int, image: byte
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, "-m", "gdino", "serve", "--weights", str(weights), "--device", "cpu", "--port", str(port),
-           "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms), "--image-size", str(args.image_size),
-           "--queue-size", str(4 * args.clients), "--timeout", "600"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gdino",
+        "serve",
+        "--weights",
+        str(weights),
+        "--device",
+        "cpu",
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--image-size",
+        str(args.image_size),
+        "--queue-size",
+        str(4 * args.clients),
+        "--timeout",
+        "600",
+    ]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
@@ -130,7 +149,9 @@ def run_one(args: argparse.Namespace, weights: Path, max_batch: int, image: byte
                 while time.monotonic() < stop:
                     t0 = time.perf_counter()
                     try:
-                        r = c.post(url + "/v1/detect", files={"image": ("chelsea.jpg", image)}, data=PROMPTS[i % len(PROMPTS)])
+                        r = c.post(
+                            url + "/v1/detect", files={"image": ("chelsea.jpg", image)}, data=PROMPTS[i % len(PROMPTS)]
+                        )
                         ok = r.status_code == 200
                     except httpx.HTTPError:
                         ok = False
@@ -164,12 +185,21 @@ def run_one(args: argparse.Namespace, weights: Path, max_batch: int, image: byte
         batches = metric(after, "gdino_batch_size_count") - metric(before, "gdino_batch_size_count")
         batched = metric(after, "gdino_batch_size_sum") - metric(before, "gdino_batch_size_sum")
         return {
-            "preset": args.preset, "image_size": args.image_size, "clients": args.clients, "seconds": args.seconds,
-            "max_batch": max_batch, "max_wait_ms": args.max_wait_ms, "requests": len(latencies), "errors": errors[0],
-            "rps": len(latencies) / wall, "p50_ms": 1000 * percentile(latencies, 50),
-            "p95_ms": 1000 * percentile(latencies, 95), "p99_ms": 1000 * percentile(latencies, 99),
+            "preset": args.preset,
+            "image_size": args.image_size,
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "max_batch": max_batch,
+            "max_wait_ms": args.max_wait_ms,
+            "requests": len(latencies),
+            "errors": errors[0],
+            "rps": len(latencies) / wall,
+            "p50_ms": 1000 * percentile(latencies, 50),
+            "p95_ms": 1000 * percentile(latencies, 95),
+            "p99_ms": 1000 * percentile(latencies, 99),
             "mean_batch": batched / batches if batches else float("nan"),
-            "rss_before_mib": rss_before, "rss_after_mib": rss_after,
+            "rss_before_mib": rss_before,
+            "rss_after_mib": rss_after,
         }
     finally:
         server.send_signal(signal.SIGTERM)
@@ -204,12 +234,16 @@ def main() -> None:
     load = os.getloadavg()
     print(f"\nnproc={os.cpu_count()} load average={load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(f"server threads={args.threads}, max-wait-ms={args.max_wait_ms:g}, warm-up {args.warmup_seconds:g} s")
-    print("| preset | image | clients x s | max batch | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | RSS before -> after MiB |")
+    print(
+        "| preset | image | clients x s | max batch | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | RSS before -> after MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['image_size']} | {r['clients']} x {r['seconds']:g} | {r['max_batch']} | {r['rps']:.2f} | "
-              f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | {r['mean_batch']:.2f} | "
-              f"{r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} |")
+        print(
+            f"| {r['preset']} | {r['image_size']} | {r['clients']} x {r['seconds']:g} | {r['max_batch']} | {r['rps']:.2f} | "
+            f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | {r['mean_batch']:.2f} | "
+            f"{r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} |"
+        )
     by_batch: dict[int, list[float]] = {}
     for r in rows:
         by_batch.setdefault(r["max_batch"], []).append(r["rps"])
@@ -217,8 +251,10 @@ def main() -> None:
     if len(sizes) > 1:
         base = statistics.median(by_batch[sizes[0]])
         for mb in sizes[1:]:
-            print(f"\nthroughput max-batch {mb} / max-batch {sizes[0]} (median of {args.rounds}): "
-                  f"{statistics.median(by_batch[mb]) / base:.2f}x")
+            print(
+                f"\nthroughput max-batch {mb} / max-batch {sizes[0]} (median of {args.rounds}): "
+                f"{statistics.median(by_batch[mb]) / base:.2f}x"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

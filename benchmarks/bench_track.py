@@ -38,7 +38,9 @@ def iou_distance(a, b, max_distance: float = 0.5):
         return np.empty((len(a), len(b)))
     ax0, ay0, ax1, ay1 = a[:, 0:1], a[:, 1:2], a[:, 0:1] + a[:, 2:3], a[:, 1:2] + a[:, 3:4]
     bx0, by0, bx1, by1 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
-    inter = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None) * np.clip(np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None)
+    inter = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None) * np.clip(
+        np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None
+    )
     union = (a[:, 2:3] * a[:, 3:4]) + (b[:, 2] * b[:, 3]) - inter
     dist = 1.0 - inter / np.maximum(union, 1e-9)
     return np.where(dist > max_distance, np.nan, dist)
@@ -61,9 +63,21 @@ def mot_scores(gt_file: Path, rows: list[tuple[int, int, float, float, float, fl
         g, hy = gt.get(frame, []), hyp.get(frame, [])
         dist = iou_distance(np.array([b for _, b in g]).reshape(-1, 4), np.array([b for _, b in hy]).reshape(-1, 4))
         acc.update([i for i, _ in g], [i for i, _ in hy], dist, frameid=frame)
-    names = ["mota", "idf1", "num_switches", "precision", "recall", "num_frames", "mostly_tracked", "num_unique_objects"]
+    names = [
+        "mota",
+        "idf1",
+        "num_switches",
+        "precision",
+        "recall",
+        "num_frames",
+        "mostly_tracked",
+        "num_unique_objects",
+    ]
     s = mm.metrics.create().compute(acc, metrics=names, name="x")
-    return {k: (round(float(s[k].iloc[0]), 4) if k in ("mota", "idf1", "precision", "recall") else int(s[k].iloc[0])) for k in names}
+    return {
+        k: (round(float(s[k].iloc[0]), 4) if k in ("mota", "idf1", "precision", "recall") else int(s[k].iloc[0]))
+        for k in names
+    }
 
 
 def machine() -> dict:
@@ -72,7 +86,11 @@ def machine() -> dict:
         cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": cpu or platform.processor(), "load_avg": [round(v, 2) for v in os.getloadavg()]}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu or platform.processor(),
+        "load_avg": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,31 +130,58 @@ def main(argv: list[str] | None = None) -> int:
     results = []
 
     def emit(row: dict) -> None:
-        row.update(video=f"{spec.width}x{spec.height}, {spec.frames} frames, {spec.objects} objects, seed {spec.seed}",
-                   classes=classes, threads=a.threads, **machine())
+        row.update(
+            video=f"{spec.width}x{spec.height}, {spec.frames} frames, {spec.objects} objects, seed {spec.seed}",
+            classes=classes,
+            threads=a.threads,
+            **machine(),
+        )
         results.append(row)
         print(json.dumps(row), flush=True)
 
     def rows_of(frames) -> list:
-        return [(ft.frame + 1, o.track_id, o.xyxy[0], o.xyxy[1], o.xyxy[2] - o.xyxy[0], o.xyxy[3] - o.xyxy[1])
-                for ft in frames for o in ft.objects]
+        return [
+            (ft.frame + 1, o.track_id, o.xyxy[0], o.xyxy[1], o.xyxy[2] - o.xyxy[0], o.xyxy[3] - o.xyxy[1])
+            for ft in frames
+            for o in ft.objects
+        ]
 
     modes = a.modes.split(",")
-    det = Detector.from_pretrained(a.weights, device="cpu", image_size=a.image_size, box_threshold=a.box_threshold,
-                                  max_detections=a.max_detections, nms_iou=a.nms_iou or None)
+    det = Detector.from_pretrained(
+        a.weights,
+        device="cpu",
+        image_size=a.image_size,
+        box_threshold=a.box_threshold,
+        max_detections=a.max_detections,
+        nms_iou=a.nms_iou or None,
+    )
     if "boxes" in modes:
         t0 = time.perf_counter()
         frames = list(track(det, video, classes, bytetrack=bt))
         sec = time.perf_counter() - t0
-        emit({"row": "boxes", "frames_per_s": round(len(frames) / sec, 2), "box_threshold": a.box_threshold,
-              "track_threshold": a.track_threshold, "nms_iou": a.nms_iou, "image_size": a.image_size, **mot_scores(gt_file, rows_of(frames))})
+        emit(
+            {
+                "row": "boxes",
+                "frames_per_s": round(len(frames) / sec, 2),
+                "box_threshold": a.box_threshold,
+                "track_threshold": a.track_threshold,
+                "nms_iou": a.nms_iou,
+                "image_size": a.image_size,
+                **mot_scores(gt_file, rows_of(frames)),
+            }
+        )
     if "oracle" in modes:
         tracker = BoxTracker(bt, fps=spec.fps)
         rows = []
         for t, (_, truth) in enumerate(generate_frames(spec)):
             boxes = torch.tensor([g.box for g in truth], dtype=torch.float32).reshape(-1, 4)
-            dets = Detections(boxes, torch.full((len(truth),), 0.9), torch.zeros(len(truth), dtype=torch.long),
-                              [g.label for g in truth], (spec.width, spec.height))
+            dets = Detections(
+                boxes,
+                torch.full((len(truth),), 0.9),
+                torch.zeros(len(truth), dtype=torch.long),
+                [g.label for g in truth],
+                (spec.width, spec.height),
+            )
             for o in tracker.update(dets):
                 rows.append((t + 1, o.track_id, o.xyxy[0], o.xyxy[1], o.xyxy[2] - o.xyxy[0], o.xyxy[3] - o.xyxy[1]))
         emit({"row": "boxes, ground-truth detections", **mot_scores(gt_file, rows)})
@@ -157,12 +202,21 @@ def main(argv: list[str] | None = None) -> int:
             sam2 = build_segmenter(a.sam2, a.sam2_weights, "cpu")
         n = min(a.masks_frames, spec.frames)
         t0 = time.perf_counter()
-        frames = list(track(det, video, classes, mode="masks", end=n, sam2=sam2, masks=MaskSettings(detect_every=a.detect_every)))
+        frames = list(
+            track(det, video, classes, mode="masks", end=n, sam2=sam2, masks=MaskSettings(detect_every=a.detect_every))
+        )
         sec = time.perf_counter() - t0
         gt_cut = out / "video" / f"gt_first{n}.txt"
         gt_cut.write_text("".join(ln + "\n" for ln in gt_file.read_text().splitlines() if int(ln.split(",")[0]) <= n))
-        emit({"row": f"masks ({a.sam2}{'' if a.sam2 != 'random' else ' weights: speed only'})", "frames": n,
-              "detect_every": a.detect_every, "frames_per_s": round(len(frames) / sec, 3), **mot_scores(gt_cut, rows_of(frames))})
+        emit(
+            {
+                "row": f"masks ({a.sam2}{'' if a.sam2 != 'random' else ' weights: speed only'})",
+                "frames": n,
+                "detect_every": a.detect_every,
+                "frames_per_s": round(len(frames) / sec, 3),
+                **mot_scores(gt_cut, rows_of(frames)),
+            }
+        )
     with open(out / "results.jsonl", "a", encoding="utf-8") as f:
         for r in results:
             f.write(json.dumps(r) + "\n")

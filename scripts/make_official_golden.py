@@ -214,9 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", required=True, help="bert-base-uncased vocab.txt")
     parser.add_argument("--photo", default=None, help="photo file (default: scikit-image's chelsea)")
-    parser.add_argument(
-        "--out-dir", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures")
-    )
+    parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures"))
     args = parser.parse_args()
 
     import groundingdino

@@ -65,9 +65,7 @@ def main() -> None:
     parser.add_argument("--vocab", default=_default_vocab(), help="bert-base-uncased vocab.txt")
     parser.add_argument(
         "--out",
-        default=str(
-            Path(__file__).resolve().parents[1] / "tests/fixtures/text_masks_official.json"
-        ),
+        default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/text_masks_official.json"),
     )
     args = parser.parse_args()
     if not args.vocab:
@@ -103,23 +101,17 @@ def main() -> None:
             "captions": captions,
             "input_ids": input_ids.tolist(),
             "attention_mask": attention_mask.tolist(),
-            "masks": [
-                ["".join("1" if v else "0" for v in row) for row in m] for m in masks.tolist()
-            ],
+            "masks": [["".join("1" if v else "0" for v in row) for row in m] for m in masks.tolist()],
             "position_ids": position_ids.tolist(),
         }
 
     cases = []
     for caption in SINGLE_CAPTIONS:
         enc = tokenizer([caption], padding="longest", return_tensors="pt")
-        cases.append(
-            record(f"single: {caption}", [caption], enc["input_ids"], enc["attention_mask"])
-        )
+        cases.append(record(f"single: {caption}", [caption], enc["input_ids"], enc["attention_mask"]))
     for batch in BATCHES:
         enc = tokenizer(batch, padding="longest", return_tensors="pt")
-        cases.append(
-            record(f"batch: {' | '.join(batch)}", batch, enc["input_ids"], enc["attention_mask"])
-        )
+        cases.append(record(f"batch: {' | '.join(batch)}", batch, enc["input_ids"], enc["attention_mask"]))
     for name, rows in RAW.items():
         ids = torch.tensor(rows)
         cases.append(record(f"raw: {name}", None, ids, (ids != 0).long()))
@@ -127,14 +119,11 @@ def main() -> None:
     positive_maps = []
     for caption, spans in POSITIVE_MAPS:
         pm = create_positive_map_from_span(tokenizer(caption), [[list(s)] for s in spans])
-        rows = [
-            {"tokens": row.nonzero()[:, 0].tolist(), "value": row[row > 0][0].item()} for row in pm
-        ]
+        rows = [{"tokens": row.nonzero()[:, 0].tolist(), "value": row[row > 0][0].item()} for row in pm]
         positive_maps.append({"caption": caption, "char_spans": spans, "rows": rows})
 
     fixture = {
-        "source": "groundingdino.models.GroundingDINO.bertwarper."
-        "generate_masks_with_special_tokens_and_transfer_map",
+        "source": "groundingdino.models.GroundingDINO.bertwarper.generate_masks_with_special_tokens_and_transfer_map",
         "made_with": {
             "groundingdino": getattr(groundingdino, "__version__", "unknown"),
             "transformers": transformers.__version__,
@@ -150,9 +139,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(fixture, indent=1)
     # one line per list of numbers keeps the file short and readable
-    text = re.sub(
-        r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r"\s+", "", m[1]) + "]", text
-    )
+    text = re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r"\s+", "", m[1]) + "]", text)
     out.write_text(text + "\n")
     print(f"wrote {len(cases)} mask cases and {len(positive_maps)} positive maps to {out}")
 

@@ -15,9 +15,14 @@ CFG = SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), wind
 def _hf_backbone(cfg: SwinConfig):
     transformers = pytest.importorskip("transformers")
     hf_cfg = transformers.SwinConfig(
-        embed_dim=cfg.embed_dim, depths=list(cfg.depths), num_heads=list(cfg.num_heads),
-        window_size=cfg.window_size, out_features=[f"stage{i + 1}" for i in cfg.out_indices],
-        drop_path_rate=0.0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        embed_dim=cfg.embed_dim,
+        depths=list(cfg.depths),
+        num_heads=list(cfg.num_heads),
+        window_size=cfg.window_size,
+        out_features=[f"stage{i + 1}" for i in cfg.out_indices],
+        drop_path_rate=0.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
     return transformers.SwinBackbone(hf_cfg).eval()
 
@@ -38,13 +43,17 @@ def _hf_state_from_gdino(model: SwinTransformer, hf) -> dict[str, torch.Tensor]:
         if ".attn.qkv." in n:
             c = t.shape[0] // 3
             base, leaf = n.split(".attn.qkv.")
-            names = (["query", "key", "value"] if q_name == "query" else ["q_proj", "k_proj", "v_proj"])
+            names = ["query", "key", "value"] if q_name == "query" else ["q_proj", "k_proj", "v_proj"]
             prefix = f"swin.{base}.attention.self." if q_name == "query" else f"swin.{base}.attention."
             for i, part in enumerate(names):
-                out[f"{prefix}{part}.{leaf}"] = t[i * c:(i + 1) * c]
+                out[f"{prefix}{part}.{leaf}"] = t[i * c : (i + 1) * c]
             continue
         if ".attn.relative_position_bias_table" in n:
-            cand = [h for h in hf_names if h.startswith("swin." + n.split(".attn.")[0] + ".") and h.endswith("relative_position_bias_table")]
+            cand = [
+                h
+                for h in hf_names
+                if h.startswith("swin." + n.split(".attn.")[0] + ".") and h.endswith("relative_position_bias_table")
+            ]
             out[cand[0]] = t
             continue
         if ".attn.proj." in n:

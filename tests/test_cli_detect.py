@@ -33,11 +33,14 @@ def gdino(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def png_header_only(path: Path, width: int, height: int) -> None:
     """A tiny PNG file that claims ``width x height`` pixels (a decompression bomb's header)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,9 @@ def bad_files(tmp_path_factory, chelsea_jpg) -> dict[str, Path]:
 
 
 def test_detect_prints_json(tiny_checkpoint, chelsea_jpg):
-    res = gdino("detect", str(chelsea_jpg), "--weights", str(tiny_checkpoint), "-p", "cat .", "--box-threshold", "0.3", *FAST)
+    res = gdino(
+        "detect", str(chelsea_jpg), "--weights", str(tiny_checkpoint), "-p", "cat .", "--box-threshold", "0.3", *FAST
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["mode"] == "phrases" and doc["prompt"] == "cat ." and doc["classes"] == ["cat"]
@@ -81,8 +86,22 @@ def test_detect_prints_json(tiny_checkpoint, chelsea_jpg):
 def test_detect_classes_out_file_draw_odd_names(tiny_checkpoint, chelsea_jpg, odd_photo, tmp_path):
     out, draw = tmp_path / "res ü.json", tmp_path / "drawn"
     res = gdino(
-        "detect", str(odd_photo), str(chelsea_jpg), "--weights", str(tiny_checkpoint), "--classes", "cat,remote control",
-        "--out", str(out), "--draw", str(draw), "--batch-size", "2", "--dtype", "bf16", *FAST,
+        "detect",
+        str(odd_photo),
+        str(chelsea_jpg),
+        "--weights",
+        str(tiny_checkpoint),
+        "--classes",
+        "cat,remote control",
+        "--out",
+        str(out),
+        "--draw",
+        str(draw),
+        "--batch-size",
+        "2",
+        "--dtype",
+        "bf16",
+        *FAST,
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""
@@ -99,7 +118,9 @@ def test_detect_classes_out_file_draw_odd_names(tiny_checkpoint, chelsea_jpg, od
 
 
 def test_unreadable_image_among_good_ones_is_reported_not_fatal(tiny_checkpoint, chelsea_jpg, bad_files):
-    res = gdino("detect", str(bad_files["empty.jpg"]), str(chelsea_jpg), "--weights", str(tiny_checkpoint), "-p", "cat", *FAST)
+    res = gdino(
+        "detect", str(bad_files["empty.jpg"]), str(chelsea_jpg), "--weights", str(tiny_checkpoint), "-p", "cat", *FAST
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert len(doc["results"]) == 1 and doc["errors"][0]["image"] == str(bad_files["empty.jpg"])
@@ -139,7 +160,10 @@ BAD = {
     "unknown dtype": (["detect", "{cat}", "-p", "cat", "--dtype", "int4"], "unknown dtype"),
     "box threshold > 1": (["detect", "{cat}", "-p", "cat", "--box-threshold", "1.5"], "box-threshold must be"),
     "text threshold < 0": (["detect", "{cat}", "-p", "cat", "--text-threshold", "-0.1"], "text-threshold must be"),
-    "label threshold": (["label", "{bad}", "--classes", "cat", "--out", "{tmp}/ds", "--box-threshold", "2"], "box-threshold"),
+    "label threshold": (
+        ["label", "{bad}", "--classes", "cat", "--out", "{tmp}/ds", "--box-threshold", "2"],
+        "box-threshold",
+    ),
     "nan threshold": (["detect", "{cat}", "-p", "cat", "--box-threshold", "nan"], "box-threshold must be"),
     "batch size": (["detect", "{cat}", "-p", "cat", "--batch-size", "0"], "batch-size"),
     "missing weights": (["detect", "{cat}", "-p", "cat", "--weights", "{tmp}/none.safetensors"], "none.safetensors"),

@@ -88,7 +88,9 @@ def test_hub_not_cached_and_offline_says_what_to_run(monkeypatch):
 def test_hub_download_failure_names_the_reason(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "hf_hub_download", FakeHub(PermissionError("401 Unauthorized: token expired")))
-    with pytest.raises(CheckpointError, match=r"downloading org/repo/w.pt into .* failed \(PermissionError: 401 Unauthorized"):
+    with pytest.raises(
+        CheckpointError, match=r"downloading org/repo/w.pt into .* failed \(PermissionError: 401 Unauthorized"
+    ):
         hub.fetch("org/repo", "w.pt", what="sam weights", hint="or pass a file")
     ok = FakeHub(None)
     monkeypatch.setattr(hub, "hf_hub_download", ok)

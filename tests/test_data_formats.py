@@ -217,7 +217,9 @@ def test_odvg_grounding_records(tmp_path, tokenizer):
     (rec,) = parsed.records
     assert rec.caption == caption.lower() + "."
     assert [[rec.caption[s:e] for s, e in spans] for spans in rec.phrase_spans] == [
-        ["a man"], ["small dog"], ["another small dog"]
+        ["a man"],
+        ["small dog"],
+        ["another small dog"],
     ]
     assert rec.labels.tolist() == [1, 0, 0, 2]
     assert rec.boxes.shape == (4, 4)

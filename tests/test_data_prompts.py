@@ -102,7 +102,9 @@ def test_grounding_prompt_keeps_caption_and_spans(tokenizer):
 def test_grounding_phrase_past_max_text_len_is_dropped(tokenizer):
     caption = " ".join(["word"] * 30) + " a cat."
     start = caption.index("cat")
-    prompt, of = grounding_prompt(tokenizer, caption, [[(0, 4)], [(start, start + 3)]], PromptConfig(max_tokens=16, max_text_len=16))
+    prompt, of = grounding_prompt(
+        tokenizer, caption, [[(0, 4)], [(start, start + 3)]], PromptConfig(max_tokens=16, max_text_len=16)
+    )
     assert of == [0, None] and prompt.token_spans == [[1]]
 
 

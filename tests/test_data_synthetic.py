@@ -29,7 +29,14 @@ def synth(tmp_path_factory):
 
 def test_deterministic_from_seed(synth, tmp_path):
     generate(tmp_path / "again", CFG)
-    for name in ("train.json", "val.json", "train.jsonl", "train_grounding.jsonl", "label_map.json", "images/000005.png"):
+    for name in (
+        "train.json",
+        "val.json",
+        "train.jsonl",
+        "train_grounding.jsonl",
+        "label_map.json",
+        "images/000005.png",
+    ):
         assert (synth / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     generate(tmp_path / "other", SyntheticConfig(num_images=12, size=128, seed=8))
     assert (synth / "train.json").read_bytes() != (tmp_path / "other" / "train.json").read_bytes()
@@ -93,7 +100,10 @@ def test_grounding_captions_name_and_place_the_shapes(synth):
 
 
 def test_cli(tmp_path, capsys):
-    assert main([str(tmp_path / "c"), "--num-images", "3", "--size", "64", "--format", "coco", "--shapes", "circle,star"]) == 0
+    assert (
+        main([str(tmp_path / "c"), "--num-images", "3", "--size", "64", "--format", "coco", "--shapes", "circle,star"])
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["images", "train.json", "val.json"]
     assert len(json.loads((tmp_path / "c" / "train.json").read_text())["categories"]) == 4 * 1 * 2 * 2
     assert "3 images, 16 classes" in capsys.readouterr().out
@@ -137,7 +147,9 @@ def test_seeded_items_do_not_depend_on_workers(synth, tokenizer):
     from torch.utils.data import DataLoader
 
     transform = build_train_transform(TransformConfig.scaled(128))
-    ds = build_dataset("odvg", synth / "train.jsonl", synth, tokenizer, transform, label_map=synth / "label_map.json", seed=11)
+    ds = build_dataset(
+        "odvg", synth / "train.jsonl", synth, tokenizer, transform, label_map=synth / "label_map.json", seed=11
+    )
 
     def batches(workers: int):
         loader = DataLoader(ds, batch_size=3, collate_fn=collate, num_workers=workers)

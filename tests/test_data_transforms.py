@@ -23,7 +23,9 @@ from gdino.data.transforms import (
 )
 from gdino.errors import GdinoError
 
-CFG = SyntheticConfig(size=160, colors=("red", "green", "blue", "yellow"), textures=("plain",), max_objects=4, min_objects=2)
+CFG = SyntheticConfig(
+    size=160, colors=("red", "green", "blue", "yellow"), textures=("plain",), max_objects=4, min_objects=2
+)
 NAMES = class_names(CFG)
 
 
@@ -59,7 +61,9 @@ def assert_boxes_on_objects(sample: Sample) -> None:
     h, w = sample.image.shape[-2:]
     boxes = sample.boxes.as_subclass(torch.Tensor)
     assert tuple(sample.boxes.canvas_size) == (h, w)
-    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= h).all()
+    assert (
+        (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= h).all()
+    )
     covered = {name: torch.zeros(h, w, dtype=torch.bool) for name in masks}
     for box, label in zip(boxes.tolist(), sample.labels.tolist(), strict=True):
         color = NAMES[label].split()[0]
@@ -101,7 +105,13 @@ def test_crop_matches_an_independent_crop_of_the_boxes():
         assert torch.equal(out.image.as_subclass(torch.Tensor), coded[:, top : top + ch, left : left + cw])
         shifted = boxes - torch.tensor([left, top, left, top])
         clipped = torch.stack(
-            [shifted[:, 0].clamp(0, cw), shifted[:, 1].clamp(0, ch), shifted[:, 2].clamp(0, cw), shifted[:, 3].clamp(0, ch)], 1
+            [
+                shifted[:, 0].clamp(0, cw),
+                shifted[:, 1].clamp(0, ch),
+                shifted[:, 2].clamp(0, cw),
+                shifted[:, 3].clamp(0, ch),
+            ],
+            1,
         )
         keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
         assert torch.equal(out.boxes.as_subclass(torch.Tensor), clipped[keep])
@@ -184,7 +194,9 @@ def test_transform_config_checks():
 
 
 def _target(n: int, caption: str) -> Target:
-    return Target(torch.rand(n, 4), torch.zeros(n, 256, dtype=torch.bool), torch.zeros(n, dtype=torch.long), caption=caption)
+    return Target(
+        torch.rand(n, 4), torch.zeros(n, 256, dtype=torch.bool), torch.zeros(n, dtype=torch.long), caption=caption
+    )
 
 
 def test_collate_pads_bottom_right_with_masks():

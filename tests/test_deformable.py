@@ -34,8 +34,12 @@ def kernel_reference(value, shapes, locations, weights):
                         h0, w0 = math.floor(hpix), math.floor(wpix)
                         lh, lw = hpix - h0, wpix - w0
                         sample = torch.zeros(c, dtype=torch.float64)
-                        for dy, dx, f in ((0, 0, (1 - lh) * (1 - lw)), (0, 1, (1 - lh) * lw),
-                                          (1, 0, lh * (1 - lw)), (1, 1, lh * lw)):
+                        for dy, dx, f in (
+                            (0, 0, (1 - lh) * (1 - lw)),
+                            (0, 1, (1 - lh) * lw),
+                            (1, 0, lh * (1 - lw)),
+                            (1, 1, lh * lw),
+                        ):
                             yy, xx = h0 + dy, w0 + dx
                             if 0 <= yy < hh and 0 <= xx < ww:
                                 sample += f * v64[bi, starts[lvl] + yy * ww + xx, m]

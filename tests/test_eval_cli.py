@@ -22,8 +22,19 @@ def test_score_command(gdino_main, tmp_path, capsys):
     gt, dets = random_dataset(7)
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "dt.json").write_text(json.dumps(dets))
-    code = gdino_main(["eval", "score", "--annotations", str(tmp_path / "gt.json"), "--detections",
-                       str(tmp_path / "dt.json"), "--out", str(tmp_path / "out"), "--per-class"])
+    code = gdino_main(
+        [
+            "eval",
+            "score",
+            "--annotations",
+            str(tmp_path / "gt.json"),
+            "--detections",
+            str(tmp_path / "dt.json"),
+            "--out",
+            str(tmp_path / "out"),
+            "--per-class",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     ap = score_coco(gt, dets)["AP"]
@@ -40,7 +51,9 @@ def test_score_command_errors(gdino_main, tmp_path, capsys):
     dets[3]["category_id"] = 999
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "dt.json").write_text(json.dumps(dets))
-    code = gdino_main(["eval", "score", "--annotations", str(tmp_path / "gt.json"), "--detections", str(tmp_path / "dt.json")])
+    code = gdino_main(
+        ["eval", "score", "--annotations", str(tmp_path / "gt.json"), "--detections", str(tmp_path / "dt.json")]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.endswith("dt.json: entry 3: category_id 999 is not in the ground truth's categories") and "\n" not in err
@@ -56,8 +69,17 @@ def test_lvis_score_command(gdino_main, tmp_path, capsys):
     gt, dets = toy_lvis(3)
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "dt.json").write_text(json.dumps(dets))
-    code = gdino_main(["eval", "score", "--lvis", "--annotations", str(tmp_path / "gt.json"),
-                       "--detections", str(tmp_path / "dt.json")])
+    code = gdino_main(
+        [
+            "eval",
+            "score",
+            "--lvis",
+            "--annotations",
+            str(tmp_path / "gt.json"),
+            "--detections",
+            str(tmp_path / "dt.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "APr" in out
     assert f"{100 * score_lvis(gt, dets)['AP']:.1f}" in out.splitlines()[3]
@@ -65,9 +87,26 @@ def test_lvis_score_command(gdino_main, tmp_path, capsys):
 
 def test_eval_coco_with_tiny_checkpoint(gdino_main, tiny_checkpoint, tmp_path, capsys):
     ann = write_dataset(tmp_path)
-    code = gdino_main(["eval", "coco", "--annotations", str(ann), "--images", str(tmp_path / "img"), "--weights",
-                       str(tiny_checkpoint), "--device", "cpu", "--image-size", str(SIZE), "--out", str(tmp_path / "out"),
-                       "--no-progress", "--per-class"])
+    code = gdino_main(
+        [
+            "eval",
+            "coco",
+            "--annotations",
+            str(ann),
+            "--images",
+            str(tmp_path / "img"),
+            "--weights",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--image-size",
+            str(SIZE),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--per-class",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -46,14 +46,24 @@ def random_dataset(seed: int, n_images=6, n_anns=50, n_cats=4):
     for j in range(n_anns):
         w, h = rng.uniform(3, 120, 2)
         box = [float(rng.uniform(0, 200)), float(rng.uniform(0, 120)), float(w), float(h)]
-        anns.append({"id": j + 1, "image_id": int(rng.choice([im["id"] for im in images])),
-                     "category_id": int(rng.choice(cat_ids)), "bbox": box, "area": w * h, "iscrowd": int(j % 17 == 0)})
+        anns.append(
+            {
+                "id": j + 1,
+                "image_id": int(rng.choice([im["id"] for im in images])),
+                "category_id": int(rng.choice(cat_ids)),
+                "bbox": box,
+                "area": w * h,
+                "iscrowd": int(j % 17 == 0),
+            }
+        )
     for a in anns:
         for k in range(3):
             b = np.array(a["bbox"]) + rng.normal(0, 6, 4)
             b[2:] = np.abs(b[2:]) + 0.5
             cat = a["category_id"] if k < 2 else int(rng.choice(cat_ids))
-            dets.append({"image_id": a["image_id"], "category_id": cat, "bbox": b.tolist(), "score": float(rng.uniform())})
+            dets.append(
+                {"image_id": a["image_id"], "category_id": cat, "bbox": b.tolist(), "score": float(rng.uniform())}
+            )
     return {"images": images, "categories": cats, "annotations": anns}, dets
 
 
@@ -76,8 +86,11 @@ def pycocotools_stats(gt, dets):
 # ---------------------------------------------------------------------------------- known values
 def test_perfect_detections_give_ap_one():
     gt, _ = random_dataset(0)
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
-               for a in gt["annotations"] if not a["iscrowd"]]
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
     m = score_coco(gt, perfect)
     for key in ("AP", "AP50", "AP75", "AR@100"):
         assert m[key] == pytest.approx(1.0, abs=1e-12)

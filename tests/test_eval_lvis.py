@@ -15,13 +15,23 @@ from gdino.eval.lvis import limit_per_class, limit_per_image, score_lvis
 def toy_lvis(seed: int, n_cats=9, n_images=7, n_anns=45):
     rng = np.random.default_rng(seed)
     cats = [{"id": c + 1, "name": f"thing_{c}", "frequency": "rcf"[c % 3]} for c in range(n_cats)]
-    images = [{"id": i + 1, "width": 240, "height": 180, "coco_url": f"http://x/val2017/{i:012d}.jpg"} for i in range(n_images)]
+    images = [
+        {"id": i + 1, "width": 240, "height": 180, "coco_url": f"http://x/val2017/{i:012d}.jpg"}
+        for i in range(n_images)
+    ]
     anns = []
     for j in range(n_anns):
         w, h = rng.uniform(3, 70, 2)
         box = [float(rng.uniform(0, 160)), float(rng.uniform(0, 110)), float(w), float(h)]
-        anns.append({"id": j + 1, "image_id": int(rng.integers(1, n_images + 1)), "category_id": int(rng.integers(1, n_cats + 1)),
-                     "bbox": box, "area": float(w * h)})
+        anns.append(
+            {
+                "id": j + 1,
+                "image_id": int(rng.integers(1, n_images + 1)),
+                "category_id": int(rng.integers(1, n_cats + 1)),
+                "bbox": box,
+                "area": float(w * h),
+            }
+        )
     for im in images:
         pos = sorted({a["category_id"] for a in anns if a["image_id"] == im["id"]})
         rest = [c for c in range(1, n_cats + 1) if c not in pos]
@@ -33,10 +43,18 @@ def toy_lvis(seed: int, n_cats=9, n_images=7, n_anns=45):
             b = np.array(a["bbox"]) + rng.normal(0, 5, 4)
             b[2:] = np.abs(b[2:]) + 1
             cat = a["category_id"] if k < 2 else int(rng.integers(1, n_cats + 1))
-            dets.append({"image_id": a["image_id"], "category_id": cat, "bbox": b.tolist(), "score": float(rng.uniform())})
+            dets.append(
+                {"image_id": a["image_id"], "category_id": cat, "bbox": b.tolist(), "score": float(rng.uniform())}
+            )
     for _ in range(40):  # background false positives of every kind of category
-        dets.append({"image_id": int(rng.integers(1, n_images + 1)), "category_id": int(rng.integers(1, n_cats + 1)),
-                     "bbox": [float(rng.uniform(0, 200)), float(rng.uniform(0, 150)), 20.0, 15.0], "score": float(rng.uniform())})
+        dets.append(
+            {
+                "image_id": int(rng.integers(1, n_images + 1)),
+                "category_id": int(rng.integers(1, n_cats + 1)),
+                "bbox": [float(rng.uniform(0, 200)), float(rng.uniform(0, 150)), 20.0, 15.0],
+                "score": float(rng.uniform()),
+            }
+        )
     return {"images": images, "annotations": anns, "categories": cats}, dets
 
 
@@ -73,8 +91,11 @@ def test_fixed_ap_cap_equals_reference_on_capped_detections(tmp_path, monkeypatc
 
 
 def tiny_federated():
-    cats = [{"id": 1, "name": "cat", "frequency": "f"}, {"id": 2, "name": "dog", "frequency": "r"},
-            {"id": 3, "name": "cow", "frequency": "c"}]
+    cats = [
+        {"id": 1, "name": "cat", "frequency": "f"},
+        {"id": 2, "name": "dog", "frequency": "r"},
+        {"id": 3, "name": "cow", "frequency": "c"},
+    ]
     images = [{"id": 1, "width": 100, "height": 100, "neg_category_ids": [2], "not_exhaustive_category_ids": []}]
     anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 40, 40], "area": 1600.0}]
     return {"images": images, "annotations": anns, "categories": cats}
@@ -102,8 +123,10 @@ def test_federated_rules_by_hand():
 
 
 def test_limits():
-    dets = [{"image_id": i % 2, "category_id": c, "bbox": [0, 0, 1, 1], "score": s}
-            for i, (c, s) in enumerate([(1, 0.1), (1, 0.9), (2, 0.5), (1, 0.5), (1, 0.9), (2, 0.2)])]
+    dets = [
+        {"image_id": i % 2, "category_id": c, "bbox": [0, 0, 1, 1], "score": s}
+        for i, (c, s) in enumerate([(1, 0.1), (1, 0.9), (2, 0.5), (1, 0.5), (1, 0.9), (2, 0.2)])
+    ]
     kept = limit_per_class(dets, 2)
     assert [(d["category_id"], d["score"]) for d in kept] == [(1, 0.9), (2, 0.5), (1, 0.9), (2, 0.2)]
     assert limit_per_class(dets, 100) == dets

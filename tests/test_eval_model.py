@@ -29,11 +29,25 @@ def write_dataset(root, names=("cat", "remote control"), sizes=((96, 64), (80, 8
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
         img = {"id": i + 1, "file_name": f"{i}.png", "width": w, "height": h}
         if lvis:
-            img = {"id": i + 1, "coco_url": f"http://h/val2017/{i}.png", "width": w, "height": h,
-                   "neg_category_ids": [2], "not_exhaustive_category_ids": []}
+            img = {
+                "id": i + 1,
+                "coco_url": f"http://h/val2017/{i}.png",
+                "width": w,
+                "height": h,
+                "neg_category_ids": [2],
+                "not_exhaustive_category_ids": [],
+            }
         images.append(img)
-        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [5.0, 6.0, 30.0, 20.0],
-                     "area": 600.0, "iscrowd": 0})
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "bbox": [5.0, 6.0, 30.0, 20.0],
+                "area": 600.0,
+                "iscrowd": 0,
+            }
+        )
     cats = [{"id": k + 1, "name": n, **({"frequency": "rcf"[k % 3]} if lvis else {})} for k, n in enumerate(names)]
     path = root / "ann.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -67,8 +81,14 @@ def reference_predictions(model, gt, images_dir, prompt, topk):
         for score, i in zip(top.values.tolist(), top.indices.tolist()):
             cx, cy, w, h = b[i].tolist()
             x0, y0 = (cx - w / 2) * img.width, (cy - h / 2) * img.height
-            out.append({"image_id": image_id, "category_id": cat_ids[int(c[i])], "score": score,
-                        "bbox": [x0, y0, w * img.width, h * img.height]})
+            out.append(
+                {
+                    "image_id": image_id,
+                    "category_id": cat_ids[int(c[i])],
+                    "score": score,
+                    "bbox": [x0, y0, w * img.width, h * img.height],
+                }
+            )
     return out
 
 
@@ -131,10 +151,16 @@ def test_evaluate_lvis_and_odinw(tiny_model, tmp_path):
     a = write_dataset(tmp_path / "d1", sizes=((96, 64),))
     write_dataset(tmp_path / "d2", names=("bird",), sizes=((64, 64),))
     listing = tmp_path / "odinw.json"
-    listing.write_text(json.dumps({"datasets": [
-        {"name": "one", "annotations": str(a), "images": str(tmp_path / "d1" / "img")},
-        {"name": "two", "annotations": "d2/ann.json", "images": "d2/img"},
-    ]}))
+    listing.write_text(
+        json.dumps(
+            {
+                "datasets": [
+                    {"name": "one", "annotations": str(a), "images": str(tmp_path / "d1" / "img")},
+                    {"name": "two", "annotations": "d2/ann.json", "images": "d2/img"},
+                ]
+            }
+        )
+    )
     ev = Evaluator(tiny_model, image_size=SIZE, progress=False, topk=10)
     out = ev.odinw(listing, out_dir=tmp_path / "odinw_out")
     assert list(out["datasets"]) == ["one", "two"] and out["num_datasets"] == 2
@@ -147,7 +173,13 @@ def test_refcoco_prediction_is_top_box_of_expression(tiny_model, tmp_path):
     ann = write_dataset(tmp_path)
     data = json.loads(ann.read_text())
     data["refs"] = [
-        {"ref_id": 7, "image_id": 1, "ann_id": 1, "split": "val", "sentences": [{"sent": "The cat on the left."}, "a cat"]},
+        {
+            "ref_id": 7,
+            "image_id": 1,
+            "ann_id": 1,
+            "split": "val",
+            "sentences": [{"sent": "The cat on the left."}, "a cat"],
+        },
         {"ref_id": 8, "image_id": 2, "ann_id": 2, "split": "val", "sentences": ["?", "cat " * 300]},
     ]
     path = tmp_path / "refs.json"

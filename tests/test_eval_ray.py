@@ -47,8 +47,16 @@ def dataset(tmp_path, chelsea_jpg, tiny_model):
         best = sorted((p for p in preds if p["image_id"] == image["id"]), key=lambda p: -p["score"])[:2]
         for k, p in enumerate(best):
             x, y, w, h = p["bbox"]
-            gt.append({"id": len(gt) + 1, "image_id": image["id"], "category_id": p["category_id"],
-                       "bbox": [x + 2 * k, y, w, h], "area": w * h, "iscrowd": 0})
+            gt.append(
+                {
+                    "id": len(gt) + 1,
+                    "image_id": image["id"],
+                    "category_id": p["category_id"],
+                    "bbox": [x + 2 * k, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     ann.write_text(json.dumps({"images": images, "annotations": gt, "categories": cats}))
     return ann, root, options
 
@@ -73,11 +81,32 @@ def test_cli_eval_coco_engine_ray(dataset, tiny_model, tiny_checkpoint, tmp_path
     ann, root, options = dataset
     one = Evaluator(tiny_model, options).coco(ann, root)
     out = tmp_path / "eval"
-    code = main(["eval", "coco", "--annotations", str(ann), "--images", str(root), "--weights", str(tiny_checkpoint),
-                 "--image-size", "64", "--no-progress", "--out", str(out), "--engine", "ray", "--workers", "1"])
+    code = main(
+        [
+            "eval",
+            "coco",
+            "--annotations",
+            str(ann),
+            "--images",
+            str(root),
+            "--weights",
+            str(tiny_checkpoint),
+            "--image-size",
+            "64",
+            "--no-progress",
+            "--out",
+            str(out),
+            "--engine",
+            "ray",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["AP"] == pytest.approx(one["AP"], abs=1e-9) and metrics["AP50"] == pytest.approx(one["AP50"], abs=1e-9)
+    assert metrics["AP"] == pytest.approx(one["AP"], abs=1e-9) and metrics["AP50"] == pytest.approx(
+        one["AP50"], abs=1e-9
+    )
     assert "COCO box AP" in capsys.readouterr().out
     assert main(["eval", "refcoco", "--annotations", str(ann), "--images", str(root), "--engine", "ray"]) == 2
     assert "--engine ray covers coco" in capsys.readouterr().err

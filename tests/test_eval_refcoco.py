@@ -13,13 +13,22 @@ from gdino.eval.refcoco import clean_expression, load_refs, top1_accuracy
 
 def refs_data():
     return {
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100},
-                   {"id": 2, "file_name": "b.jpg", "width": 100, "height": 100}],
-        "annotations": [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 30]},
-                        {"id": 11, "image_id": 2, "category_id": 1, "bbox": [0, 0, 50, 50]}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 100, "height": 100},
+            {"id": 2, "file_name": "b.jpg", "width": 100, "height": 100},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 30]},
+            {"id": 11, "image_id": 2, "category_id": 1, "bbox": [0, 0, 50, 50]},
+        ],
         "refs": [
-            {"ref_id": 0, "image_id": 1, "ann_id": 10, "split": "val",
-             "sentences": [{"sent": "the man on the left"}, {"sent": "Left guy."}]},
+            {
+                "ref_id": 0,
+                "image_id": 1,
+                "ann_id": 10,
+                "split": "val",
+                "sentences": [{"sent": "the man on the left"}, {"sent": "Left guy."}],
+            },
             {"ref_id": 1, "image_id": 2, "ann_id": 11, "split": "testA", "sentences": ["red car?"]},
         ],
     }
@@ -27,7 +36,11 @@ def refs_data():
 
 def test_load_refs_expands_sentences_and_splits():
     _, samples = load_refs(refs_data())
-    assert [(s.ref_id, s.expression) for s in samples] == [(0, "the man on the left"), (0, "Left guy."), (1, "red car?")]
+    assert [(s.ref_id, s.expression) for s in samples] == [
+        (0, "the man on the left"),
+        (0, "Left guy."),
+        (1, "red car?"),
+    ]
     assert samples[0].box == (10.0, 10.0, 30.0, 40.0)
     _, val = load_refs(refs_data(), split="val")
     assert len(val) == 2 and {s.image_id for s in val} == {1}

@@ -99,7 +99,10 @@ def test_export_options_reject_bad_values():
         (["export", "W", "o.onnx", "--image-size", "800"], "--image-size must be HxW"),
         (["detect", "x.jpg", "-p", "cat", "--runtime", "onnxruntime"], "needs --onnx"),
         (["detect", "x.jpg", "-p", "cat", "--onnx", "m.onnx"], "--onnx needs --runtime"),
-        (["detect", "x.jpg", "-p", "cat", "--runtime", "onnxruntime", "--onnx", "m.onnx", "--dtype", "bf16"], "takes --dtype fp32"),
+        (
+            ["detect", "x.jpg", "-p", "cat", "--runtime", "onnxruntime", "--onnx", "m.onnx", "--dtype", "bf16"],
+            "takes --dtype fp32",
+        ),
     ],
 )
 def test_cli_bad_export_and_runtime_options(argv, message, capsys, chelsea_jpg):
@@ -252,7 +255,11 @@ def test_runtime_model_rejects_bad_files(tmp_path):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     plain = tmp_path / "plain.onnx"
     onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])), plain)
-    for path, message in ((junk, "not a readable ONNX file"), (plain, "no gdino metadata"), (tmp_path / "none.onnx", "not found")):
+    for path, message in (
+        (junk, "not a readable ONNX file"),
+        (plain, "no gdino metadata"),
+        (tmp_path / "none.onnx", "not found"),
+    ):
         with pytest.raises(GdinoError, match=message) as info:
             RuntimeModel(path, "onnxruntime")
         assert "\n" not in str(info.value)

@@ -23,8 +23,12 @@ def _hf_swin_t():
     from transformers import BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
 
     swin = SwinConfig(
-        embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
-        out_indices=[2, 3, 4], out_features=["stage2", "stage3", "stage4"],
+        embed_dim=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        out_indices=[2, 3, 4],
+        out_features=["stage2", "stage3", "stage4"],
     )
     torch.manual_seed(0)
     model = GroundingDinoForObjectDetection(GroundingDinoConfig(backbone_config=swin, text_config=BertConfig())).eval()
@@ -58,8 +62,12 @@ def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
     text = ours.tokenize(["cat . remote control ."])
     with torch.no_grad():
         out = ours(pixels, text)
-        ref = hf(pixel_values=pixels, input_ids=text.input_ids, attention_mask=text.attention_mask.long(),
-                 token_type_ids=text.token_type_ids)
+        ref = hf(
+            pixel_values=pixels,
+            input_ids=text.input_ids,
+            attention_mask=text.attention_mask.long(),
+            token_type_ids=text.token_type_ids,
+        )
     valid = out.text_mask[0]
     scores = out.logits[0][:, valid].max(-1).values
     top = scores.topk(100).indices
@@ -71,7 +79,9 @@ def test_swin_t_800x1333_matches_transformers(tokenizer, chelsea_jpg, tmp_path):
     pair = joint.argmin(1)
     box_err = (out.boxes[0, top] - ref.pred_boxes[0, pair]).abs().max().item()
     logit_err = (ours_logits - ref_logits[pair]).abs().max().item()
-    print(f"full size: box error {box_err:.2e}, logit error {logit_err:.2e}, queries paired {pair.unique().numel()}/100")
+    print(
+        f"full size: box error {box_err:.2e}, logit error {logit_err:.2e}, queries paired {pair.unique().numel()}/100"
+    )
     assert pair.unique().numel() == 100
     assert box_err < 1e-3
     assert logit_err < 1e-2

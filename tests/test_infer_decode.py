@@ -138,10 +138,12 @@ class TestPhraseMode:
 
     def test_no_token_above_text_threshold_takes_the_whole_best_phrase(self, tokenizer):
         # the official code labels these "" (no token passes text_threshold)
-        lg = logits_from_probs([
-            [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.5],  # only [SEP] is high: best word "a" -> phrase 0 (ties: first)
-            [0.1, 0.1, 0.1, 0.1, 0.2, 0.15, 0.1, 0.5],  # best word "remote" (0.2 < 0.25) -> phrase 1
-        ])
+        lg = logits_from_probs(
+            [
+                [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.5],  # only [SEP] is high: best word "a" -> phrase 0 (ties: first)
+                [0.1, 0.1, 0.1, 0.1, 0.2, 0.15, 0.1, 0.5],  # best word "remote" (0.2 < 0.25) -> phrase 1
+            ]
+        )
         out = decode_phrases(lg, CAPTION_IDS, tokenizer, 0.35, 0.25)
         assert out.labels == ["a cat", "remote control"]
         assert out.phrase_ids.tolist() == [0, 1]

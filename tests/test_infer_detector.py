@@ -145,7 +145,9 @@ def test_batching_never_changes_a_result(tiny_model, photos, backbone_calls):
 
 def test_per_image_prompts(tiny_model, photos):
     prompts = [["cat"], "a dog", ["sofa", "remote control"]]
-    dets = Detector(tiny_model).detect(photos[:3], prompts, per_image=True, image_size=SIZE, batch_size=3, box_threshold=0.2)
+    dets = Detector(tiny_model).detect(
+        photos[:3], prompts, per_image=True, image_size=SIZE, batch_size=3, box_threshold=0.2
+    )
     for d, p, img in zip(dets, prompts, photos):
         assert_same([d], Detector(tiny_model).detect(img, p, image_size=SIZE, box_threshold=0.2))
     with pytest.raises(PromptError, match="one prompt per image"):
@@ -159,7 +161,9 @@ def test_image_side_reused_for_several_prompts(tiny_model, photos, backbone_call
     assert backbone_calls.sizes == [2]
     assert det.stats["image_encodes"] == 2 and det.stats["forwards"] == 3
     for j, p in enumerate(prompts):
-        assert_same([many[0][j], many[1][j]], Detector(tiny_model).detect(photos[:2], p, image_size=SIZE, box_threshold=0.25))
+        assert_same(
+            [many[0][j], many[1][j]], Detector(tiny_model).detect(photos[:2], p, image_size=SIZE, box_threshold=0.25)
+        )
 
 
 def test_image_cache_across_calls(tiny_model, photos, backbone_calls):

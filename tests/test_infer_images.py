@@ -158,8 +158,16 @@ class TestBadInputs:
 
 class TestFindImages:
     def test_recursive_sorted_hidden_and_excluded(self, tmp_path):
-        for rel in ("b.jpg", "a.PNG", "sub/c.jpeg", "sub/deep/d.webp", "notes.txt", ".hidden.jpg",
-                    ".cache/e.jpg", "out/f.jpg"):
+        for rel in (
+            "b.jpg",
+            "a.PNG",
+            "sub/c.jpeg",
+            "sub/deep/d.webp",
+            "notes.txt",
+            ".hidden.jpg",
+            ".cache/e.jpg",
+            "out/f.jpg",
+        ):
             p = tmp_path / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(b"x")

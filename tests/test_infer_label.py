@@ -53,11 +53,21 @@ def load_coco(out):
 
 def test_coco_and_yolo_output(folder, tmp_path, detector):
     out = tmp_path / "ds"
-    summary = label_folder(detector, folder, out, CLASSES, options=DetectOptions(image_size=64, box_threshold=0.3), formats=["coco", "yolo"], progress=False)
+    summary = label_folder(
+        detector,
+        folder,
+        out,
+        CLASSES,
+        options=DetectOptions(image_size=64, box_threshold=0.3),
+        formats=["coco", "yolo"],
+        progress=False,
+    )
     coco = load_coco(out)
     assert sorted(i["file_name"] for i in coco["images"]) == READABLE
-    assert coco["categories"] == [{"id": 1, "name": "cat", "supercategory": "object"},
-                                  {"id": 2, "name": "remote control", "supercategory": "object"}]
+    assert coco["categories"] == [
+        {"id": 1, "name": "cat", "supercategory": "object"},
+        {"id": 2, "name": "remote control", "supercategory": "object"},
+    ]
     sizes = {i["file_name"]: (i["width"], i["height"]) for i in coco["images"]}
     assert sizes["d.webp"] == (64, 96) and sizes["a.jpg"] == (96, 64)
     anns = coco["annotations"]
@@ -82,7 +92,9 @@ def test_coco_and_yolo_output(folder, tmp_path, detector):
     assert int(c) == first["category_id"] - 1
     assert float(cx) == pytest.approx((x + bw / 2) / 96, abs=1e-4) and float(h) == pytest.approx(bh / 64, abs=1e-4)
     assert (out / "labels" / "train" / "sub dir" / "chat noir é.txt").exists()
-    assert (out / "images" / "train" / "sub dir" / "chat noir é.png").resolve() == (folder / "sub dir" / "chat noir é.png").resolve()
+    assert (out / "images" / "train" / "sub dir" / "chat noir é.png").resolve() == (
+        folder / "sub dir" / "chat noir é.png"
+    ).resolve()
     assert (out / "classes.txt").read_text() == "cat\nremote control\n"
     assert "remote control" in (out / "data.yaml").read_text()
     # unreadable images are skipped, with reasons, and counted

@@ -68,7 +68,9 @@ class TestClassesMode:
         for chunk in p.chunks:
             assert len(tokenizer(chunk.caption)["input_ids"]) <= 256
             assert chunk.positive_map.shape == (len(chunk.class_indices), 256)
-            assert rows_decode(tokenizer, chunk) == [tokenizer.decode(tokenizer(classes[i])["input_ids"][1:-1]) for i in chunk.class_indices]
+            assert rows_decode(tokenizer, chunk) == [
+                tokenizer.decode(tokenizer(classes[i])["input_ids"][1:-1]) for i in chunk.class_indices
+            ]
 
     def test_chunk_size_follows_max_text_len(self, tokenizer):
         classes = vocab_words(tokenizer, 40)

@@ -80,11 +80,19 @@ def labeled(folder, tiny_model, tiny_checkpoint, tmp_path_factory):
     single, distributed = base / "single", base / "ray"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    label_folder(Detector(tiny_model), folder, single, CLASSES, options=OPTIONS, formats=["coco", "yolo"], progress=False)
+    label_folder(
+        Detector(tiny_model), folder, single, CLASSES, options=OPTIONS, formats=["coco", "yolo"], progress=False
+    )
     torch.set_num_threads(threads)
     summary = label_with_ray(
-        folder, distributed, CLASSES, weights=str(tiny_checkpoint), options=OPTIONS, formats=["coco", "yolo"],
-        ray_options=RayOptions(workers=2, shard_size=3), progress=False,
+        folder,
+        distributed,
+        CLASSES,
+        weights=str(tiny_checkpoint),
+        options=OPTIONS,
+        formats=["coco", "yolo"],
+        ray_options=RayOptions(workers=2, shard_size=3),
+        progress=False,
     )
     return single, distributed, summary
 
@@ -102,14 +110,25 @@ def test_same_dataset_as_one_process(labeled):
     # the YOLO layout too
     files = lambda out: sorted(p.relative_to(out).as_posix() for p in (out / "labels").rglob("*.txt"))
     assert files(single) == files(distributed) and len(files(single)) == 6
-    assert (distributed / "data.yaml").read_text().replace(str(distributed), "X") == (single / "data.yaml").read_text().replace(str(single), "X")
+    assert (distributed / "data.yaml").read_text().replace(str(distributed), "X") == (
+        single / "data.yaml"
+    ).read_text().replace(str(single), "X")
 
 
 def test_restart_skips_finished_shards(folder, labeled, tmp_path, tiny_checkpoint):
     out = tmp_path / "ds"
     shutil.copytree(labeled[1], out, symlinks=True)
-    run = functools.partial(label_with_ray, folder, out, CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
-                            formats=["coco", "yolo"], ray_options=RayOptions(workers=1, shard_size=2), progress=False)
+    run = functools.partial(
+        label_with_ray,
+        folder,
+        out,
+        CLASSES,
+        weights=str(tiny_checkpoint),
+        options=OPTIONS,
+        formats=["coco", "yolo"],
+        ray_options=RayOptions(workers=1, shard_size=2),
+        progress=False,
+    )
     first = load(out)
     shards = sorted((out / STATE_DIR / SHARD_DIR).glob("shard-*.jsonl"))
     # as if the job had been killed before the last shard: that shard missing, a torn temporary file left
@@ -125,8 +144,15 @@ def test_restart_skips_finished_shards(folder, labeled, tmp_path, tiny_checkpoin
     assert {p: p.stat().st_mtime_ns for p in shards[:-1]} == kept  # finished shards were not redone
     assert load(out)["images"] == first["images"] and len(load(out)["annotations"]) == len(first["annotations"])
     # nothing left: a third run labels nothing; a file:// URI source reads the same folder
-    summary = label_with_ray(f"file://{folder.resolve()}", out, CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
-                             ray_options=RayOptions(workers=1, shard_size=2), progress=False)  # no yolo: a URI
+    summary = label_with_ray(
+        f"file://{folder.resolve()}",
+        out,
+        CLASSES,
+        weights=str(tiny_checkpoint),
+        options=OPTIONS,
+        ray_options=RayOptions(workers=1, shard_size=2),
+        progress=False,
+    )  # no yolo: a URI
     assert summary.labeled == 0 and summary.resumed == 8 and load(out)["images"] == first["images"]
     with pytest.raises(GdinoError, match="other settings .*classes"):
         label_with_ray(folder, out, ["dog"], weights=str(tiny_checkpoint), options=OPTIONS, progress=False)
@@ -167,8 +193,13 @@ def test_worker_killed_midway_is_retried_and_masks_match(folder, tmp_path, tiny_
     single, distributed = tmp_path / "single", tmp_path / "ray"
     label_folder(Detector(tiny_model), folder, single, CLASSES, options=OPTIONS, segmenter=BoxMasks(), progress=False)
     summary = label_with_ray(
-        folder, distributed, CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
-        segmenter_factory=functools.partial(BoxMasks, str(marker)), ray_options=RayOptions(workers=1, shard_size=4),
+        folder,
+        distributed,
+        CLASSES,
+        weights=str(tiny_checkpoint),
+        options=OPTIONS,
+        segmenter_factory=functools.partial(BoxMasks, str(marker)),
+        ray_options=RayOptions(workers=1, shard_size=4),
         progress=False,
     )
     assert marker.exists()  # a worker did die in the middle of a batch
@@ -182,8 +213,13 @@ def test_worker_killed_midway_is_retried_and_masks_match(folder, tmp_path, tiny_
 def test_batch_that_always_kills_its_worker_is_reported(folder, tmp_path, tiny_checkpoint):
     out = tmp_path / "ds"
     summary = label_with_ray(
-        folder, out, CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
-        segmenter_factory=functools.partial(BoxMasks, None, 64), ray_options=RayOptions(workers=1, shard_size=1),
+        folder,
+        out,
+        CLASSES,
+        weights=str(tiny_checkpoint),
+        options=OPTIONS,
+        segmenter_factory=functools.partial(BoxMasks, None, 64),
+        ray_options=RayOptions(workers=1, shard_size=1),
         progress=False,
     )
     skipped = {s["file"]: s["reason"] for s in load(out, "skipped.json")}
@@ -202,17 +238,48 @@ class Failing:
 @pytest.mark.slow  # one more Ray job: about 20 s idle
 def test_worker_exception_is_one_line(folder, tmp_path, tiny_checkpoint):
     with pytest.raises(GdinoError, match="the Ray job failed: ValueError: segmenter bug for this test"):
-        label_with_ray(folder, tmp_path / "ds", CLASSES, weights=str(tiny_checkpoint), options=OPTIONS,
-                       segmenter_factory=Failing, ray_options=RayOptions(workers=1, shard_size=4), progress=False)
+        label_with_ray(
+            folder,
+            tmp_path / "ds",
+            CLASSES,
+            weights=str(tiny_checkpoint),
+            options=OPTIONS,
+            segmenter_factory=Failing,
+            ray_options=RayOptions(workers=1, shard_size=4),
+            progress=False,
+        )
 
 
 def test_cli_engine_ray(folder, tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "ds"
-    code = main([
-        "label", str(folder), "--classes", "cat,remote control", "--out", str(out), "--weights", str(tiny_checkpoint),
-        "--image-size", "64", "--box-threshold", "0.25", "--engine", "ray", "--workers", "1", "--shard-size", "4",
-        "--no-progress", "--format", "yolo", "--masks", "--segmenter", "sam-tiny",  # random SAM, built in the worker
-    ])
+    code = main(
+        [
+            "label",
+            str(folder),
+            "--classes",
+            "cat,remote control",
+            "--out",
+            str(out),
+            "--weights",
+            str(tiny_checkpoint),
+            "--image-size",
+            "64",
+            "--box-threshold",
+            "0.25",
+            "--engine",
+            "ray",
+            "--workers",
+            "1",
+            "--shard-size",
+            "4",
+            "--no-progress",
+            "--format",
+            "yolo",
+            "--masks",
+            "--segmenter",
+            "sam-tiny",  # random SAM, built in the worker
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "labeled 6 of 8 images" in err and "skipped 2 unreadable" in err and "images/s" in err

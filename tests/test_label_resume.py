@@ -18,8 +18,25 @@ N_IMAGES = 24
 
 def label_cmd(folder: Path, out: Path, ckpt: Path) -> list[str]:
     return [
-        sys.executable, "-m", "gdino", "label", str(folder), "--classes", "cat,remote control", "--out", str(out),
-        "--weights", str(ckpt), "--device", "cpu", "--image-size", "64", "--format", "yolo", "--workers", "2",
+        sys.executable,
+        "-m",
+        "gdino",
+        "label",
+        str(folder),
+        "--classes",
+        "cat,remote control",
+        "--out",
+        str(out),
+        "--weights",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--image-size",
+        "64",
+        "--format",
+        "yolo",
+        "--workers",
+        "2",
     ]
 
 
@@ -83,7 +100,9 @@ def test_sigkill_midway_then_resume(folder, tmp_path, tiny_checkpoint):
     assert sorted(names) == expected and len(set(names)) == len(names) == N_IMAGES  # each exactly once
     assert len({i["id"] for i in coco["images"]}) == N_IMAGES
     assert {a["image_id"] for a in coco["annotations"]} <= {i["id"] for i in coco["images"]}
-    records = [json.loads(line) for line in (out / ".gdino-label" / "journal.jsonl").read_text(encoding="utf-8").splitlines()]
+    records = [
+        json.loads(line) for line in (out / ".gdino-label" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(records) == len({r["file"] for r in records}) == N_IMAGES + 1
     assert json.loads((out / "skipped.json").read_text())[0]["file"] == "broken.jpg"
     yolo = sorted(p.relative_to(out / "labels" / "train").as_posix() for p in (out / "labels" / "train").rglob("*.txt"))

@@ -68,8 +68,15 @@ def test_ultralytics_reads_the_labeled_dataset(tmp_path, chelsea_jpg, tiny_model
     cat.resize((64, 96)).save(root / "c.webp")
     (root / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     out = tmp_path / "ds"
-    label_folder(Detector(tiny_model, image_size=64), root, out, CLASSES, options=DetectOptions(image_size=64, box_threshold=0.3),
-                 formats=["coco", "yolo"], progress=False)
+    label_folder(
+        Detector(tiny_model, image_size=64),
+        root,
+        out,
+        CLASSES,
+        options=DetectOptions(image_size=64, box_threshold=0.3),
+        formats=["coco", "yolo"],
+        progress=False,
+    )
     coco = json.loads((out / "annotations.json").read_text(encoding="utf-8"))
     assert coco["annotations"]  # something to compare
     labels = load_with_ultralytics(out, ultralytics_offline)

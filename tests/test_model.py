@@ -216,6 +216,10 @@ def test_calibrated_logits_are_an_affine_map_of_the_plain_ones(tiny_model):
     torch.testing.assert_close(calibrated.boxes, plain.boxes, atol=1e-6, rtol=0)
     valid = plain.text_mask[0]
     scale = cfg.hidden_dim**-0.5
-    torch.testing.assert_close(calibrated.logits[0][:, valid], plain.logits[0][:, valid] * scale - 2.0, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(calibrated.enc_logits[0][:, valid], plain.enc_logits[0][:, valid] * scale - 2.0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        calibrated.logits[0][:, valid], plain.logits[0][:, valid] * scale - 2.0, atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        calibrated.enc_logits[0][:, valid], plain.enc_logits[0][:, valid] * scale - 2.0, atol=1e-5, rtol=1e-5
+    )
     assert torch.isneginf(calibrated.logits[0][:, ~valid]).all()

@@ -31,13 +31,25 @@ def _hf_tiny_config():
     from transformers import BertConfig, GroundingDinoConfig, SwinConfig
 
     swin = SwinConfig(
-        embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=7,
-        out_indices=[2, 3, 4], out_features=["stage2", "stage3", "stage4"],
+        embed_dim=32,
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 4, 8],
+        window_size=7,
+        out_indices=[2, 3, 4],
+        out_features=["stage2", "stage3", "stage4"],
     )
     bert = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
     return GroundingDinoConfig(
-        backbone_config=swin, text_config=bert, num_queries=50, encoder_layers=2, decoder_layers=2, d_model=64,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        backbone_config=swin,
+        text_config=bert,
+        num_queries=50,
+        encoder_layers=2,
+        decoder_layers=2,
+        d_model=64,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
     )
 
 
@@ -90,8 +102,11 @@ def _run_both(hf_model, model, caption, pixels, mask):
     with torch.no_grad():
         ours = model(pixels, text, pixel_mask=mask.bool())
         theirs = hf_model(
-            pixel_values=pixels, pixel_mask=mask, input_ids=text.input_ids,
-            attention_mask=text.attention_mask.long(), token_type_ids=text.token_type_ids,
+            pixel_values=pixels,
+            pixel_mask=mask,
+            input_ids=text.input_ids,
+            attention_mask=text.attention_mask.long(),
+            token_type_ids=text.token_type_ids,
         )
     return ours, theirs
 

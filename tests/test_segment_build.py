@@ -68,14 +68,18 @@ def test_weights_load_from_file(tmp_path, tiny_state, fmt):
 def test_weights_of_another_model_are_refused(tmp_path, tiny_state):
     path = tmp_path / "tiny.pth"
     torch.save(tiny_state, path)
-    with pytest.raises(CheckpointError, match=r"tiny.pth: weights do not match sam-vit-b: .*shape mismatch [0-9]+") as e:
+    with pytest.raises(
+        CheckpointError, match=r"tiny.pth: weights do not match sam-vit-b: .*shape mismatch [0-9]+"
+    ) as e:
         build_segmenter("sam-vit-b", path)
     assert "\n" not in str(e.value)
     partial = dict(tiny_state)
     del partial["mask_decoder.iou_token.weight"]
     partial["extra.weight"] = torch.zeros(1)
     torch.save(partial, path)
-    with pytest.raises(CheckpointError, match=r"missing 1 \(mask_decoder.iou_token.weight\); unexpected 1 \(extra.weight\)"):
+    with pytest.raises(
+        CheckpointError, match=r"missing 1 \(mask_decoder.iou_token.weight\); unexpected 1 \(extra.weight\)"
+    ):
         build_segmenter("sam-tiny", path)
 
 

@@ -36,11 +36,29 @@ def test_segment_end_to_end_subprocess(tiny_checkpoint, sam_weights, chelsea_jpg
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="2")
     proc = subprocess.run(
         [
-            sys.executable, "-m", "gdino", "segment", str(chelsea_jpg), "--classes", "cat,remote control",
-            "--weights", str(tiny_checkpoint), "--segmenter", "sam-tiny", "--segmenter-weights", str(sam_weights),
-            "--out", str(out), "--draw", str(draw), *FAST,
+            sys.executable,
+            "-m",
+            "gdino",
+            "segment",
+            str(chelsea_jpg),
+            "--classes",
+            "cat,remote control",
+            "--weights",
+            str(tiny_checkpoint),
+            "--segmenter",
+            "sam-tiny",
+            "--segmenter-weights",
+            str(sam_weights),
+            "--out",
+            str(out),
+            "--draw",
+            str(draw),
+            *FAST,
         ],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
@@ -58,10 +76,22 @@ def test_segment_end_to_end_subprocess(tiny_checkpoint, sam_weights, chelsea_jpg
 
 
 def test_segment_prompt_mode_to_stdout(tiny_checkpoint, sam_weights, chelsea_jpg, capsys):
-    code = main([
-        "segment", str(chelsea_jpg), "-p", "a cat .", "--weights", str(tiny_checkpoint),
-        "--segmenter", "sam-tiny", "--segmenter-weights", str(sam_weights), "--multimask", *FAST,
-    ])
+    code = main(
+        [
+            "segment",
+            str(chelsea_jpg),
+            "-p",
+            "a cat .",
+            "--weights",
+            str(tiny_checkpoint),
+            "--segmenter",
+            "sam-tiny",
+            "--segmenter-weights",
+            str(sam_weights),
+            "--multimask",
+            *FAST,
+        ]
+    )
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["mode"] == "phrases" and doc["prompt"] == "a cat ."
@@ -69,10 +99,22 @@ def test_segment_prompt_mode_to_stdout(tiny_checkpoint, sam_weights, chelsea_jpg
 
 
 def test_no_boxes_is_not_an_error(tiny_checkpoint, sam_weights, chelsea_jpg, capsys):
-    code = main([
-        "segment", str(chelsea_jpg), "--classes", "cat", "--weights", str(tiny_checkpoint),
-        "--segmenter", "sam-tiny", "--segmenter-weights", str(sam_weights), *FAST[:-1], "1.0",
-    ])
+    code = main(
+        [
+            "segment",
+            str(chelsea_jpg),
+            "--classes",
+            "cat",
+            "--weights",
+            str(tiny_checkpoint),
+            "--segmenter",
+            "sam-tiny",
+            "--segmenter-weights",
+            str(sam_weights),
+            *FAST[:-1],
+            "1.0",
+        ]
+    )
     assert code == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["detections"] == []
 
@@ -103,8 +145,21 @@ def test_label_masks_end_to_end_and_resume(tiny_checkpoint, sam_weights, chelsea
     Image.open(chelsea_jpg).transpose(Image.Transpose.ROTATE_90).save(folder / "b.png")
     out = tmp_path / "dataset"
     argv = [
-        "label", str(folder), "--classes", "cat,remote control", "--out", str(out), "--weights", str(tiny_checkpoint),
-        "--masks", "--segmenter", "sam-tiny", "--segmenter-weights", str(sam_weights), "--no-progress", *FAST,
+        "label",
+        str(folder),
+        "--classes",
+        "cat,remote control",
+        "--out",
+        str(out),
+        "--weights",
+        str(tiny_checkpoint),
+        "--masks",
+        "--segmenter",
+        "sam-tiny",
+        "--segmenter-weights",
+        str(sam_weights),
+        "--no-progress",
+        *FAST,
     ]
     assert main(argv) == 0
     coco = json.loads((out / "annotations.json").read_text())

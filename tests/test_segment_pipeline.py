@@ -87,7 +87,8 @@ def test_segment_repeatable_and_multimask(tiny_model, sam, chelsea_jpg):
 
 
 def test_phrase_mode_and_per_image_prompts(tiny_model, sam, chelsea_jpg):
-    out = Detector(tiny_model).segment([chelsea_jpg, chelsea_jpg], ["a cat .", ["cat", "dog"]], SamSegmenter(sam), per_image=True, **FAST
+    out = Detector(tiny_model).segment(
+        [chelsea_jpg, chelsea_jpg], ["a cat .", ["cat", "dog"]], SamSegmenter(sam), per_image=True, **FAST
     )
     assert [d.masks.shape[1:] for d in out] == [(300, 451), (300, 451)]
 
@@ -104,7 +105,9 @@ def test_json_and_coco_exports_have_rle_masks(tiny_model, sam, chelsea_jpg):
     for i, ann in enumerate(anns):
         assert np.array_equal(decode_mask(ann["segmentation"]), dets.masks[i].numpy())
         assert ann["area"] == int(dets.masks[i].sum()) and ann["image_id"] == 7
-        assert ann["score"] == round(float(dets.scores[i]), 5) and ann["mask_score"] == round(float(dets.mask_scores[i]), 5)
+        assert ann["score"] == round(float(dets.scores[i]), 5) and ann["mask_score"] == round(
+            float(dets.mask_scores[i]), 5
+        )
 
 
 def test_drawing_overlays_translucent_masks(tiny_model, sam, chelsea_jpg, photo):

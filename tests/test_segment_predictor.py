@@ -22,7 +22,13 @@ def _image(seed: int = 0) -> np.ndarray:
 
 def _dets(xyxy) -> Detections:
     n = len(xyxy)
-    return Detections(torch.tensor(xyxy, dtype=torch.float32), torch.linspace(0.9, 0.5, n), torch.zeros(n, dtype=torch.long), ["x"] * n, (W, H))
+    return Detections(
+        torch.tensor(xyxy, dtype=torch.float32),
+        torch.linspace(0.9, 0.5, n),
+        torch.zeros(n, dtype=torch.long),
+        ["x"] * n,
+        (W, H),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +144,9 @@ def test_multimask_keeps_the_best_by_predicted_iou(tiny_sam):
     seg = _fake_segmenter(tiny_sam, multimask=True)
     out = seg.segment(_image(), _dets(BOXES))
     scale = seg.image_size / W
-    torch.testing.assert_close(out.mask_scores, torch.tensor([b[0] for b in BOXES]) * scale / 1000 + 0.9, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out.mask_scores, torch.tensor([b[0] for b in BOXES]) * scale / 1000 + 0.9, atol=1e-5, rtol=0
+    )
     for i, box in enumerate(BOXES):  # the middle (exact) mask, not the shrunk or grown ones
         assert _iou(out.masks[i].numpy(), _box_mask(box)) > 0.97
 
@@ -212,10 +220,15 @@ def test_outer_autocast_does_not_change_sam(tiny_sam):
 def test_sam_in_bf16_is_close_to_fp32(tiny_sam):
     sam = build_sam(SAM_PRESETS["sam-tiny"])
     sam.load_state_dict(tiny_sam.state_dict())
-    sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.copy_(tiny_sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix)
+    sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.copy_(
+        tiny_sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    )
     ref = SamSegmenter(tiny_sam).segment(_image(), _dets(BOXES))
     seg = SamSegmenter(sam, dtype=torch.bfloat16)
-    assert seg.dtype == torch.bfloat16 and sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype == torch.float32
+    assert (
+        seg.dtype == torch.bfloat16
+        and sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype == torch.float32
+    )
     out = seg.segment(_image(), _dets(BOXES))
     assert out.mask_scores.dtype == torch.float32
     torch.testing.assert_close(out.mask_scores, ref.mask_scores, atol=0.05, rtol=0)  # bf16: ~3 significant digits

@@ -42,7 +42,9 @@ def test_round_trip_and_decode_of_pycocotools_output(index):
     assert np.array_equal(decode_mask(encode_mask(mask)), mask)
     ref = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))
     assert np.array_equal(decode_mask({"size": ref["size"], "counts": ref["counts"]}), mask)  # bytes counts
-    assert np.array_equal(mask_api.decode({"size": ref["size"], "counts": encode_mask(mask)["counts"]}).astype(bool), mask)
+    assert np.array_equal(
+        mask_api.decode({"size": ref["size"], "counts": encode_mask(mask)["counts"]}).astype(bool), mask
+    )
 
 
 def test_uncompressed_counts_and_runs():

@@ -24,8 +24,13 @@ from gdino.serve import ServeConfig, create_app  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEFAULTS = {"image_size": 160, "box_threshold": 0.05}
-LIMITS = {"max_body_bytes": 2_000_000, "max_pixels": 1_000_000, "max_classes": 5, "max_prompt_tokens": 64,
-          "max_image_size": 400}
+LIMITS = {
+    "max_body_bytes": 2_000_000,
+    "max_pixels": 1_000_000,
+    "max_classes": 5,
+    "max_prompt_tokens": 64,
+    "max_image_size": 400,
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +86,7 @@ def test_probes_info_docs(server):
     assert {"/v1/detect", "/v1/segment", "/", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     assert httpx.get(url + "/docs").status_code == 200
     page = httpx.get(url + "/")
-    assert page.status_code == 200 and "<svg id=\"overlay\"" in page.text
+    assert page.status_code == 200 and '<svg id="overlay"' in page.text
     assert httpx.get(url + "/static/app.js").status_code == 200
 
 
@@ -90,8 +95,21 @@ def test_detect_is_the_json_of_gdino_detect(server, tiny_checkpoint, chelsea_jpg
 
     url, _ = server
     out = tmp_path / "cli.json"
-    argv = [str(chelsea_jpg), "--weights", str(tiny_checkpoint), "--device", "cpu", "--image-size", "160",
-            "--box-threshold", "0.05", "-p", "a cat . a remote control", "--out", str(out)]
+    argv = [
+        str(chelsea_jpg),
+        "--weights",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+        "--image-size",
+        "160",
+        "--box-threshold",
+        "0.05",
+        "-p",
+        "a cat . a remote control",
+        "--out",
+        str(out),
+    ]
     assert main(["detect", *argv]) == 0
     cli = json.loads(out.read_text())
     r = post_file(url, jpeg, prompt="a cat . a remote control")
@@ -111,8 +129,11 @@ def test_json_base64_equals_multipart_and_classes(server, jpeg):
     fields = {"classes": ["cat", "remote control"], "box_threshold": 0.1, "max_detections": 7}
     a = post_file(url, jpeg, classes="cat,remote control", box_threshold="0.1", max_detections="7").json()
     b = httpx.post(url + "/v1/detect", json={"image": base64.b64encode(jpeg).decode(), **fields}, timeout=60).json()
-    c = httpx.post(url + "/v1/detect", timeout=60, json={
-        "image": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode(), "name": "cat.jpg", **fields}).json()
+    c = httpx.post(
+        url + "/v1/detect",
+        timeout=60,
+        json={"image": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode(), "name": "cat.jpg", **fields},
+    ).json()
     assert a["mode"] == "classes" and a["classes"] == ["cat", "remote control"] and "prompt" not in a
     assert a["settings"]["box_threshold"] == 0.1 and a["settings"]["max_detections"] == 7
     assert 0 < len(a["results"][0]["detections"]) <= 7
@@ -125,8 +146,10 @@ def test_json_base64_equals_multipart_and_classes(server, jpeg):
 
 def test_hugging_face_route(server, jpeg):
     url, _ = server
-    body = {"inputs": base64.b64encode(jpeg).decode(), "parameters": {"candidate_labels": ["cat", "remote control"],
-                                                                      "threshold": 0.1}}
+    body = {
+        "inputs": base64.b64encode(jpeg).decode(),
+        "parameters": {"candidate_labels": ["cat", "remote control"], "threshold": 0.1},
+    }
     hf = httpx.post(url + "/", json=body, timeout=60)
     assert hf.status_code == 200, hf.text
     hf = hf.json()
@@ -183,9 +206,15 @@ def test_bad_json_bodies(server, jpeg):
     assert "colour" in error_of(httpx.post(url + "/v1/detect", json={"image": good, "prompt": "a", "colour": 1}), 422)
     assert "image" in error_of(httpx.post(url + "/v1/detect", json={"prompt": "a cat"}), 422)
     assert "base64" in error_of(httpx.post(url + "/v1/detect", json={"image": "%%%", "prompt": "a"}), 400)
-    assert "no URLs" in error_of(httpx.post(url + "/v1/detect", json={"image": "https://x.org/a.jpg", "prompt": "a"}), 400)
-    assert error_of(httpx.post(url + "/v1/detect", content=b"{not json", headers={"content-type": "application/json"}), 422)
-    assert "multipart" in error_of(httpx.post(url + "/v1/detect", content=b"x", headers={"content-type": "text/plain"}), 415)
+    assert "no URLs" in error_of(
+        httpx.post(url + "/v1/detect", json={"image": "https://x.org/a.jpg", "prompt": "a"}), 400
+    )
+    assert error_of(
+        httpx.post(url + "/v1/detect", content=b"{not json", headers={"content-type": "application/json"}), 422
+    )
+    assert "multipart" in error_of(
+        httpx.post(url + "/v1/detect", content=b"x", headers={"content-type": "text/plain"}), 415
+    )
     hf_extra = {"inputs": good, "parameters": {"candidate_labels": ["cat"]}, "options": {}}
     assert "options" in error_of(httpx.post(url + "/", json=hf_extra), 422)
     assert error_of(httpx.post(url + "/v1/detect", data={"prompt": "a cat"}, files={"other": ("x", b"1")}), 422)
@@ -201,8 +230,9 @@ def test_bad_images(server, jpeg):
     assert len(bomb) < 2_000_000
     assert "decompression bomb" in error_of(post_file(url, bomb, name="bomb.png", prompt="a"), 413)
     assert "limit" in error_of(post_file(url, b"\0" * 2_100_000, prompt="a cat"), 413)
-    chunked = httpx.post(url + "/v1/detect", content=iter([b"{" + b" " * 1_000_000] * 3),
-                         headers={"content-type": "application/json"})
+    chunked = httpx.post(
+        url + "/v1/detect", content=iter([b"{" + b" " * 1_000_000] * 3), headers={"content-type": "application/json"}
+    )
     assert "limit" in error_of(chunked, 413)
     # nothing else disturbed: the server still answers
     assert post_file(url, jpeg, prompt="a cat").status_code == 200

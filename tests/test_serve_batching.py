@@ -41,8 +41,9 @@ def jpeg(chelsea_jpg) -> bytes:
 
 
 def detect(url, jpeg, fields, **kw):
-    return httpx.post(url + "/v1/detect", files={"image": ("chelsea.jpg", jpeg, "image/jpeg")}, data=fields,
-                      timeout=120, **kw)
+    return httpx.post(
+        url + "/v1/detect", files={"image": ("chelsea.jpg", jpeg, "image/jpeg")}, data=fields, timeout=120, **kw
+    )
 
 
 @contextmanager
@@ -125,7 +126,7 @@ def test_queue_full_is_429_with_retry_after(tiny_model, jpeg):
             assert int(refused.headers["retry-after"]) >= 1
             release.set()
             assert running_one.result().status_code == 200 and queued.result().status_code == 200
-        assert "gdino_requests_total{route=\"/v1/detect\",status=\"429\"} 1.0" in httpx.get(url + "/metrics").text
+        assert 'gdino_requests_total{route="/v1/detect",status="429"} 1.0' in httpx.get(url + "/metrics").text
 
 
 def test_deadline_is_504_and_expired_requests_are_not_run(tiny_model, jpeg):
@@ -176,7 +177,10 @@ def test_api_key_and_cors(tiny_model, jpeg):
     with running(create_app(cfg, Detector(tiny_model, **DEFAULTS))) as url:
         r = httpx.get(url + "/healthz", headers={"Origin": "https://app.example"})
         assert r.headers["access-control-allow-origin"] == "https://app.example"
-        assert "access-control-allow-origin" not in httpx.get(url + "/healthz", headers={"Origin": "https://x.org"}).headers
+        assert (
+            "access-control-allow-origin"
+            not in httpx.get(url + "/healthz", headers={"Origin": "https://x.org"}).headers
+        )
 
 
 def _free_port() -> int:
@@ -191,8 +195,23 @@ def _free_port() -> int:
 def test_sigterm_drains_requests_in_flight(tiny_checkpoint, jpeg):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "gdino", "serve", "--weights", str(tiny_checkpoint), "--device", "cpu",
-           "--port", str(port), "--image-size", "800", "--max-batch", "1", "--no-warmup"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gdino",
+        "serve",
+        "--weights",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+        "--port",
+        str(port),
+        "--image-size",
+        "800",
+        "--max-batch",
+        "1",
+        "--no-warmup",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -53,8 +53,10 @@ def test_mixed_prompts_equal_each_alone(detector, photos):
 def test_decoding_options_differ_within_a_batch(detector, photos):
     strict = detector.resolve(None, {"box_threshold": 0.5, "max_detections": 3})
     loose = detector.resolve(None, {})
-    items = [Item(detector.prepare(photos[0], options=loose), detector.prompt("a cat"), strict),
-             Item(detector.prepare(photos[1], options=loose), detector.prompt("a cat"), loose)]
+    items = [
+        Item(detector.prepare(photos[0], options=loose), detector.prompt("a cat"), strict),
+        Item(detector.prepare(photos[1], options=loose), detector.prompt("a cat"), loose),
+    ]
     got = detect_mixed(detector, items)
     assert_same(got[0], detector.detect(photos[0], "a cat", strict)[0])
     assert_same(got[1], detector.detect(photos[1], "a cat", loose)[0])
@@ -77,7 +79,9 @@ def test_pad_text_masks_padding(detector):
 def test_unequal_sizes_refused(detector, photos):
     opts = detector.resolve(None, {})
     small = photos[0].resize((100, 100))
-    items = [Item(detector.prepare(photos[0], options=opts), detector.prompt("a"), opts),
-             Item(detector.prepare(small, options=opts), detector.prompt("a"), opts)]
+    items = [
+        Item(detector.prepare(photos[0], options=opts), detector.prompt("a"), opts),
+        Item(detector.prepare(small, options=opts), detector.prompt("a"), opts),
+    ]
     with pytest.raises(ValueError, match="equal image sizes"):
         detect_mixed(detector, items)

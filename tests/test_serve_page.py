@@ -34,8 +34,11 @@ def test_page_draws_boxes_and_table(browser, tiny_model, chelsea_jpg, tmp_path, 
     # box threshold 0 on the random tiny model: every query is a box, so the page has to draw
     app = create_app(ServeConfig(warmup=False), Detector(tiny_model, image_size=160, box_threshold=0.0))
     with running(app) as url:
-        expected = httpx.post(url + "/v1/detect", files={"image": ("chelsea.jpg", chelsea_jpg.read_bytes())},
-                              data={"classes": "cat,remote control", "box_threshold": "0"}).json()
+        expected = httpx.post(
+            url + "/v1/detect",
+            files={"image": ("chelsea.jpg", chelsea_jpg.read_bytes())},
+            data={"classes": "cat,remote control", "box_threshold": "0"},
+        ).json()
         n = len(expected["results"][0]["detections"])
         assert n > 0
         page = browser.new_page(viewport={"width": 1200, "height": 800})
@@ -100,8 +103,12 @@ def test_page_draws_masks_decoded_from_rle(browser, tiny_model, chelsea_jpg):
     sam = SamSegmenter(randomize_(build_sam(SAM_PRESETS["sam-tiny"]), seed=2).eval(), name="sam-tiny")
     app = create_app(ServeConfig(warmup=False), Detector(tiny_model, image_size=160, box_threshold=0.99), sam)
     with running(app) as url:
-        doc = httpx.post(url + "/v1/segment", files={"image": ("chelsea.jpg", chelsea_jpg.read_bytes())},
-                         data={"classes": "cat", "box_threshold": "0.99"}, timeout=120).json()
+        doc = httpx.post(
+            url + "/v1/segment",
+            files={"image": ("chelsea.jpg", chelsea_jpg.read_bytes())},
+            data={"classes": "cat", "box_threshold": "0.99"},
+            timeout=120,
+        ).json()
         dets = doc["results"][0]["detections"]
         union = np.zeros((300, 451), dtype=bool)
         for d in dets:

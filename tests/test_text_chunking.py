@@ -56,10 +56,7 @@ def _check(tok, classes, chunks, max_text_len):
         positive_map(chunk.token_spans, max_text_len)  # every class visible
         if k + 1 < len(chunks):  # greedy: the next class would not have fit
             nxt = classes[chunks[k + 1].class_indices[0]]
-            assert (
-                len(ids) + len(tok(nxt.lower(), add_special_tokens=False)["input_ids"]) + 1
-                > max_text_len
-            )
+            assert len(ids) + len(tok(nxt.lower(), add_special_tokens=False)["input_ids"]) + 1 > max_text_len
 
 
 def test_lvis_sized_list(tok):
@@ -86,11 +83,7 @@ def test_lvis_sized_list(tok):
 @pytest.mark.parametrize("max_text_len", [16, 40, 97])
 def test_small_limits(tok, max_text_len):
     classes = lvis_like_names(200, seed=1)
-    classes = [
-        c
-        for c in classes
-        if len(tok(c.lower(), add_special_tokens=False)["input_ids"]) <= max_text_len - 3
-    ]
+    classes = [c for c in classes if len(tok(c.lower(), add_special_tokens=False)["input_ids"]) <= max_text_len - 3]
     chunks = chunk_classes(tok, classes, max_text_len=max_text_len)
     _check(tok, classes, chunks, max_text_len)
 

@@ -32,9 +32,26 @@ def video(tmp_path_factory) -> Path:
 
 
 def _args(video, ckpt, out, *extra):
-    return ["track", str(video), "--classes", "red circle,blue square", "--weights", str(ckpt), "--device", "cpu",
-            "--image-size", "96", "--box-threshold", "0.3", "--max-detections", "8", "--out", str(out),
-            "--no-progress", *extra]
+    return [
+        "track",
+        str(video),
+        "--classes",
+        "red circle,blue square",
+        "--weights",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--image-size",
+        "96",
+        "--box-threshold",
+        "0.3",
+        "--max-detections",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def parse_mot(path: Path) -> list[tuple[int, int, float, float, float, float, float]]:
@@ -91,9 +108,7 @@ def test_prompt_that_never_matches_gives_empty_tracks(video, tiny_checkpoint, tm
 
 
 def test_cli_bad_input_is_one_line(video, tiny_checkpoint, tmp_path, capsys):
-    for extra, message in (
-        ([], "no frames to track from frame 50"),
-    ):
+    for extra, message in (([], "no frames to track from frame 50"),):
         assert main(_args(video, tiny_checkpoint, tmp_path / "o", "--start", "50", *extra)) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
@@ -117,8 +132,24 @@ def test_cli_masks_mode_with_released_size_sam2(video, tiny_checkpoint, tmp_path
     weights = tmp_path / "sam2.pt"
     torch.save({"model": build_sam2_model(SAM2_CONFIGS["sam2.1-hiera-t"]).state_dict()}, weights)
     out = tmp_path / "masks"
-    args = _args(video, tiny_checkpoint, out, "--mode", "masks", "--segmenter", "sam2.1-hiera-t",
-                 "--segmenter-weights", str(weights), "--detect-every", "2", "--end", "4", "--max-detections", "2", "--draw")
+    args = _args(
+        video,
+        tiny_checkpoint,
+        out,
+        "--mode",
+        "masks",
+        "--segmenter",
+        "sam2.1-hiera-t",
+        "--segmenter-weights",
+        str(weights),
+        "--detect-every",
+        "2",
+        "--end",
+        "4",
+        "--max-detections",
+        "2",
+        "--draw",
+    )
     assert main(args) == 0
     doc = json.loads((out / "tracks.json").read_text())
     assert doc["tracking_mode"] == "masks" and [f["frame"] for f in doc["frames"]] == [0, 1, 2, 3]
@@ -141,7 +172,9 @@ def test_truncated_video_tracks_what_is_readable(tiny_checkpoint, tmp_path, caps
     n = len(doc["frames"])
     assert 2 <= n < 20 and [f["frame"] for f in doc["frames"]] == list(range(n))
     warnings = [line for line in err.splitlines() if "warning" in line]
-    assert warnings == [f"gdino track: warning: the video ended after {n} of 20 frames (truncated?); tracked up to there"]
+    assert warnings == [
+        f"gdino track: warning: the video ended after {n} of 20 frames (truncated?); tracked up to there"
+    ]
     assert doc["warning"].startswith("the video ended")
 
 
@@ -156,8 +189,13 @@ def test_bytetrack_keeps_identities_on_ground_truth_boxes():
     missed, total = 0, 0
     for _, truth in generate_frames(spec):
         boxes = torch.tensor([g.box for g in truth], dtype=torch.float32).reshape(-1, 4)
-        dets = Detections(boxes, torch.full((len(truth),), 0.9), torch.zeros(len(truth), dtype=torch.long),
-                          [g.label for g in truth], (spec.width, spec.height))
+        dets = Detections(
+            boxes,
+            torch.full((len(truth),), 0.9),
+            torch.zeros(len(truth), dtype=torch.long),
+            [g.label for g in truth],
+            (spec.width, spec.height),
+        )
         objects = tracker.update(dets)
         missed += len(truth) - len(objects)
         total += len(truth)

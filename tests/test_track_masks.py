@@ -27,7 +27,9 @@ def predictor():
     from sam2.build_sam import build_sam2_video_predictor
 
     torch.manual_seed(0)
-    ref = build_sam2_video_predictor(CONFIG, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=SMALL_SAM2)
+    ref = build_sam2_video_predictor(
+        CONFIG, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=SMALL_SAM2
+    )
     randomize_(ref, seed=4)  # a seed whose masks cover a few % of the frame (others give near-full masks)
     with torch.no_grad():  # random object-score heads say "no object" about half the time: make it "present"
         ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
@@ -79,7 +81,9 @@ def test_windows_match_the_package_video_predictor(predictor, video, tmp_path):
     w1.mkdir()
     for i in range(3):
         (w1 / f"{i}.jpg").write_bytes((root / f"{i}.jpg").read_bytes())
-    ref1 = _reference_window(predictor, w1, [(k + 1, "box", np.array(g.box, dtype=np.float32)) for k, g in enumerate(truth[0])])
+    ref1 = _reference_window(
+        predictor, w1, [(k + 1, "box", np.array(g.box, dtype=np.float32)) for k, g in enumerate(truth[0])]
+    )
 
     # window 2: no detection: both tracks continue from their last masks (mask prompts)
     second = tracker.process(frames[3:], _dets([], size))
@@ -114,7 +118,9 @@ def test_state_round_trip_continues_identically(predictor, video):
     b = MaskTracker(predictor, MaskSettings(detect_every=3))
     b.restore(a.state())
     ra, rb = a.process(frames[3:], _dets(truth[3], size)), b.process(frames[3:], _dets(truth[3], size))
-    assert [[(o.track_id, o.label, o.xyxy) for o in f.objects] for f in ra] == [[(o.track_id, o.label, o.xyxy) for o in f.objects] for f in rb]
+    assert [[(o.track_id, o.label, o.xyxy) for o in f.objects] for f in ra] == [
+        [(o.track_id, o.label, o.xyxy) for o in f.objects] for f in rb
+    ]
     for fa, fb in zip(ra, rb):
         for oa, ob in zip(fa.objects, fb.objects):
             assert np.array_equal(oa.mask, ob.mask)

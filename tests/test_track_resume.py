@@ -34,9 +34,28 @@ def video(tmp_path_factory) -> Path:
 
 
 def _args(video, ckpt, out, *extra):
-    return ["track", str(video), "--classes", "red circle,blue square,green star", "--weights", str(ckpt),
-            "--device", "cpu", "--image-size", "96", "--box-threshold", "0.3", "--max-detections", "6",
-            "--chunk", "2", "--out", str(out), "--no-progress", *extra]
+    return [
+        "track",
+        str(video),
+        "--classes",
+        "red circle,blue square,green star",
+        "--weights",
+        str(ckpt),
+        "--device",
+        "cpu",
+        "--image-size",
+        "96",
+        "--box-threshold",
+        "0.3",
+        "--max-detections",
+        "6",
+        "--chunk",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _outputs(out: Path) -> tuple[list, list, str]:
@@ -52,8 +71,12 @@ def test_sigkill_then_resume_equals_uninterrupted(video, tiny_checkpoint, tmp_pa
 
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "gdino", *_args(video, tiny_checkpoint, out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gdino", *_args(video, tiny_checkpoint, out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     journal = out / ".gdino-track" / "journal.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -93,8 +116,13 @@ def test_masks_mode_resume_restores_the_tracker(video, tiny_model, tmp_path, mon
     from gdino.track.stream import TrackSettings
 
     torch.manual_seed(0)
-    sam2 = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu", mode="eval",
-                                      hydra_overrides_extra=SMALL_SAM2)
+    sam2 = build_sam2_video_predictor(
+        "configs/sam2.1/sam2.1_hiera_t.yaml",
+        ckpt_path=None,
+        device="cpu",
+        mode="eval",
+        hydra_overrides_extra=SMALL_SAM2,
+    )
     randomize_(sam2, seed=5)
     with torch.no_grad():  # random object-score heads often say "no object": make it "present"
         sam2.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)

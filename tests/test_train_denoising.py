@@ -22,8 +22,7 @@ def _target(boxes, spans) -> Target:
     token_map = torch.zeros(len(spans), 256, dtype=torch.bool)
     for k, (a, b) in enumerate(spans):
         token_map[k, a:b] = True
-    return Target(boxes=torch.tensor(boxes, dtype=torch.float32), token_map=token_map,
-                  labels=torch.arange(len(spans)))
+    return Target(boxes=torch.tensor(boxes, dtype=torch.float32), token_map=token_map, labels=torch.arange(len(spans)))
 
 
 def _text(b: int, length: int, valid: list[int], d: int = 8, seed: int = 0) -> TextFeatures:
@@ -31,26 +30,32 @@ def _text(b: int, length: int, valid: list[int], d: int = 8, seed: int = 0) -> T
     mask = torch.zeros(b, length, dtype=torch.bool)
     for i, n in enumerate(valid):
         mask[i, :n] = True
-    return TextFeatures(features=torch.randn(b, length, d, generator=gen), token_mask=mask,
-                        self_attention_masks=torch.ones(b, length, length, dtype=torch.bool),
-                        position_ids=torch.arange(length).repeat(b, 1))
+    return TextFeatures(
+        features=torch.randn(b, length, d, generator=gen),
+        token_mask=mask,
+        self_attention_masks=torch.ones(b, length, length, dtype=torch.bool),
+        position_ids=torch.arange(length).repeat(b, 1),
+    )
 
 
 def test_attn_mask_by_hand():
     # 2 groups of (2 positives + 2 negatives), 3 matching queries; 1 = may not attend
-    expected = torch.tensor([
-        [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0],
-        [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0],
-        [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0],
-        [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    ], dtype=torch.bool)
+    expected = torch.tensor(
+        [
+            [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0],
+            [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0],
+            [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0],
+            [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+            [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(denoising_attn_mask(8, 2, 3), expected)
     assert num_groups(3, 100) == 33 and num_groups(150, 100) == 1 and num_groups(0, 100) == 100
 
@@ -61,8 +66,13 @@ def test_layout_meta_and_content():
         _target([[0.5, 0.5, 0.4, 0.4]], [(1, 2)]),
     ]
     text = _text(2, 10, [9, 5])
-    dn, meta = build_denoising(targets, text, num_queries=3, config=DenoisingConfig(dn_number=4, label_noise=0.0),
-                               generator=torch.Generator().manual_seed(0))
+    dn, meta = build_denoising(
+        targets,
+        text,
+        num_queries=3,
+        config=DenoisingConfig(dn_number=4, label_noise=0.0),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert (meta.num_groups, meta.group_size, meta.num_queries, dn.num) == (2, 2, 8, 8)
     assert dn.content.shape == (2, 8, 8) and dn.ref_logits.shape == (2, 8, 4) and dn.attn_mask.shape == (11, 11)
     assert meta.pos_query[0].tolist() == [0, 1, 4, 5] and meta.neg_query[0].tolist() == [2, 3, 6, 7]
@@ -85,8 +95,11 @@ def test_layout_meta_and_content():
         dn_amp, _ = build_denoising(targets, text, 3, DenoisingConfig(dn_number=4, label_noise=0.0))
     assert dn_amp.content.dtype == torch.float32
     torch.testing.assert_close(dn_amp.content, dn.content, atol=0.02, rtol=0.02)  # bf16 matmul
-    empty = Target(boxes=torch.zeros(0, 4), token_map=torch.zeros(0, 256, dtype=torch.bool),
-                   labels=torch.zeros(0, dtype=torch.long))
+    empty = Target(
+        boxes=torch.zeros(0, 4),
+        token_map=torch.zeros(0, 256, dtype=torch.bool),
+        labels=torch.zeros(0, dtype=torch.long),
+    )
     assert build_denoising([empty, empty], text, 3) is None
     assert build_denoising(targets, text, 3, DenoisingConfig(dn_number=0)) is None
 
@@ -154,8 +167,10 @@ def test_built_queries_carry_noised_boxes_and_labels():
     for q in range(400):
         own = (dn.content[0, q] - means).norm(dim=-1).argmin().item()
         assert torch.allclose(dn.content[0, q], means[own], atol=1e-5)
-        target = meta.pos_target[0][(meta.pos_query[0] == q).nonzero()].flatten().tolist() or \
-            meta.neg_target[0][(meta.neg_query[0] == q).nonzero()].flatten().tolist()
+        target = (
+            meta.pos_target[0][(meta.pos_query[0] == q).nonzero()].flatten().tolist()
+            or meta.neg_target[0][(meta.neg_query[0] == q).nonzero()].flatten().tolist()
+        )
         true_class = {0: 0, 1: 1, 2: 0, 3: 2}[target[0]]
         assert (own != true_class) == bool(flipped[q])
 

@@ -65,8 +65,11 @@ def test_matched_token_targets_and_boxes():
     token_map[2, 7:9] = True
     boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.4], [0.8, 0.2, 0.3, 0.1]])
     t = Target(boxes=boxes, token_map=token_map, labels=torch.arange(3))
-    empty = Target(boxes=torch.zeros(0, 4), token_map=torch.zeros(0, 256, dtype=torch.bool),
-                   labels=torch.zeros(0, dtype=torch.long))
+    empty = Target(
+        boxes=torch.zeros(0, 4),
+        token_map=torch.zeros(0, 256, dtype=torch.bool),
+        labels=torch.zeros(0, dtype=torch.long),
+    )
     indices = [(torch.tensor([0, 3]), torch.tensor([2, 0])), (torch.zeros(0, dtype=torch.long),) * 2]
     out = matched_token_targets((2, 4, 12), indices, [t, empty], "cpu")
     expected = torch.zeros(2, 4, 12)
@@ -124,15 +127,28 @@ def _perfect_set(targets, mask, q=Q):
 
 def _output(logits, boxes, mask, dn_logits=None, dn_boxes=None):
     return GroundingDINOOutput(
-        logits=logits[-1], boxes=boxes[-1], layer_logits=list(logits), layer_boxes=list(boxes),
-        enc_logits=logits[0], enc_boxes=boxes[0], text_mask=mask, dn_logits=dn_logits, dn_boxes=dn_boxes,
+        logits=logits[-1],
+        boxes=boxes[-1],
+        layer_logits=list(logits),
+        layer_boxes=list(boxes),
+        enc_logits=logits[0],
+        enc_boxes=boxes[0],
+        text_mask=mask,
+        dn_logits=dn_logits,
+        dn_boxes=dn_boxes,
     )
 
 
 def _dn(targets, seed=0):
-    text = TextFeatures(torch.randn(2, 8, 4), torch.ones(2, 8, dtype=torch.bool),
-                        torch.ones(2, 8, 8, dtype=torch.bool), torch.arange(8).repeat(2, 1))
-    return build_denoising(targets, text, Q, DenoisingConfig(dn_number=4), generator=torch.Generator().manual_seed(seed))
+    text = TextFeatures(
+        torch.randn(2, 8, 4),
+        torch.ones(2, 8, dtype=torch.bool),
+        torch.ones(2, 8, 8, dtype=torch.bool),
+        torch.arange(8).repeat(2, 1),
+    )
+    return build_denoising(
+        targets, text, Q, DenoisingConfig(dn_number=4), generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_perfect_predictions_give_zero_loss():
@@ -147,8 +163,9 @@ def test_perfect_predictions_give_zero_loss():
         db[i, meta.pos_query[i]] = t.boxes[meta.pos_target[i]]
     out = _output([lg] * LAYERS, [bx] * LAYERS, mask, [dl] * LAYERS, [db] * LAYERS)
     losses = SetCriterion()(out, targets, meta)
-    expected = {f"loss_{n}{s}" for n in ("class", "bbox", "giou")
-                for s in ("", "_0", "_1", "_enc", "_dn", "_dn_0", "_dn_1")} | {"total"}
+    expected = {
+        f"loss_{n}{s}" for n in ("class", "bbox", "giou") for s in ("", "_0", "_1", "_enc", "_dn", "_dn_0", "_dn_1")
+    } | {"total"}
     assert set(losses) == expected
     for name, value in losses.items():
         assert value.dtype == torch.float32 and value.ndim == 0
@@ -159,7 +176,7 @@ def test_weighted_total_and_normalization():
     targets, mask = _targets(), _text_mask()
     gen = torch.Generator().manual_seed(0)
     lg = torch.randn(LAYERS, 2, Q, 256, generator=gen).masked_fill(~mask[None, :, None], float("-inf"))
-    bx = (0.2 + 0.6 * torch.rand(LAYERS, 2, Q, 4, generator=gen))
+    bx = 0.2 + 0.6 * torch.rand(LAYERS, 2, Q, 4, generator=gen)
     dn, meta = _dn(targets)
     dl = torch.randn(LAYERS, 2, dn.num, 256, generator=gen).masked_fill(~mask[None, :, None], float("-inf"))
     db = 0.2 + 0.6 * torch.rand(LAYERS, 2, dn.num, 4, generator=gen)
@@ -209,8 +226,13 @@ def test_gradients_flow_and_free_tensors_converge(one_thread):
 
     def loss():
         pad = ~mask[None, :, None]
-        out = _output(lg.masked_fill(pad, float("-inf")), bx.sigmoid(), mask,
-                      list(dl.masked_fill(pad, float("-inf"))), list(db.sigmoid()))
+        out = _output(
+            lg.masked_fill(pad, float("-inf")),
+            bx.sigmoid(),
+            mask,
+            list(dl.masked_fill(pad, float("-inf"))),
+            list(db.sigmoid()),
+        )
         return crit(out, targets, meta)["total"]
 
     first = loss()
@@ -232,17 +254,26 @@ def test_criterion_on_tiny_model_with_denoising(tiny_model, one_thread):
     targets = _targets()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer runs it
         tf = model.encode_text(text)
-        dn, meta = build_denoising(targets, tf, model.config.num_queries,
-                                   DenoisingConfig(eps=model.config.inverse_sigmoid_eps),
-                                   generator=torch.Generator().manual_seed(0))
+        dn, meta = build_denoising(
+            targets,
+            tf,
+            model.config.num_queries,
+            DenoisingConfig(eps=model.config.inverse_sigmoid_eps),
+            generator=torch.Generator().manual_seed(0),
+        )
         out = model.forward_features(model.encode_image(pixels), tf, dn)
     assert out.logits.dtype == torch.bfloat16
     losses = SetCriterion()(out, targets, meta)
     assert torch.isfinite(losses["total"]) and losses["total"].dtype == torch.float32
     losses["total"].backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
-    for name in ("bbox_embed.layers.2.weight", "transformer.tgt_embed.weight", "feat_map.weight",
-                 "transformer.enc_out_bbox_embed.layers.2.weight", "transformer.decoder.layers.0.self_attn.in_proj_weight"):
+    for name in (
+        "bbox_embed.layers.2.weight",
+        "transformer.tgt_embed.weight",
+        "feat_map.weight",
+        "transformer.enc_out_bbox_embed.layers.2.weight",
+        "transformer.decoder.layers.0.self_attn.in_proj_weight",
+    ):
         matches = [g for n, g in grads.items() if n.startswith(name.rsplit(".", 1)[0])]
         assert matches and all(g is not None and torch.isfinite(g).all() for g in matches), name
     assert sum(g.abs().sum() for g in grads.values() if g is not None) > 0

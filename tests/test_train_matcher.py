@@ -52,8 +52,11 @@ def _random_case(gen: torch.Generator, q: int, sizes: list[int], lengths: list[i
     targets = []
     for i, n in enumerate(sizes):
         tb = torch.cat(
-            (0.2 + 0.6 * torch.rand(n, 2, generator=gen, dtype=torch.float64),
-             0.05 + 0.3 * torch.rand(n, 2, generator=gen, dtype=torch.float64)), -1
+            (
+                0.2 + 0.6 * torch.rand(n, 2, generator=gen, dtype=torch.float64),
+                0.05 + 0.3 * torch.rand(n, 2, generator=gen, dtype=torch.float64),
+            ),
+            -1,
         )
         token_map = torch.zeros(n, 256, dtype=torch.bool)
         for k in range(n):
@@ -73,8 +76,9 @@ def test_costs_match_scalar_reference():
         for qi in range(4):
             for k in range(len(t)):
                 tokens = t.token_map[k].nonzero().flatten().tolist()
-                ref = _cost_ref(logits[i, qi].tolist(), boxes[i, qi].tolist(), tokens, t.boxes[k].tolist(),
-                                text_mask[i].tolist())
+                ref = _cost_ref(
+                    logits[i, qi].tolist(), boxes[i, qi].tolist(), tokens, t.boxes[k].tolist(), text_mask[i].tolist()
+                )
                 # float32 internals: 1e-4 relative to costs of order 1-10
                 assert costs[i][qi, k].item() == pytest.approx(ref, rel=1e-4, abs=1e-4)
 
@@ -88,8 +92,19 @@ def test_assignment_equals_brute_force(seed):
     matches = hungarian_match(logits, boxes, targets, text_mask)
     for i, t in enumerate(targets):
         n = len(t)
-        c = [[_cost_ref(logits[i, a].tolist(), boxes[i, a].tolist(), t.token_map[k].nonzero().flatten().tolist(),
-                        t.boxes[k].tolist(), text_mask[i].tolist()) for k in range(n)] for a in range(q)]
+        c = [
+            [
+                _cost_ref(
+                    logits[i, a].tolist(),
+                    boxes[i, a].tolist(),
+                    t.token_map[k].nonzero().flatten().tolist(),
+                    t.boxes[k].tolist(),
+                    text_mask[i].tolist(),
+                )
+                for k in range(n)
+            ]
+            for a in range(q)
+        ]
         best = min(sum(c[perm[k]][k] for k in range(n)) for perm in itertools.permutations(range(q), n))
         qi, ti = matches[i]
         assert qi.dtype == torch.int64 and len(qi) == n and sorted(ti.tolist()) == list(range(n))
@@ -108,10 +123,16 @@ def test_obvious_assignment_and_empty_image():
     token_map[0, 1:3] = True
     token_map[1, 4] = True
     targets = [
-        Target(boxes=torch.tensor([[0.2, 0.3, 0.1, 0.2], [0.7, 0.7, 0.2, 0.2]]), token_map=token_map,
-               labels=torch.tensor([0, 1])),
-        Target(boxes=torch.zeros(0, 4), token_map=torch.zeros(0, 256, dtype=torch.bool),
-               labels=torch.zeros(0, dtype=torch.long)),
+        Target(
+            boxes=torch.tensor([[0.2, 0.3, 0.1, 0.2], [0.7, 0.7, 0.2, 0.2]]),
+            token_map=token_map,
+            labels=torch.tensor([0, 1]),
+        ),
+        Target(
+            boxes=torch.zeros(0, 4),
+            token_map=torch.zeros(0, 256, dtype=torch.bool),
+            labels=torch.zeros(0, dtype=torch.long),
+        ),
     ]
     text_mask = torch.ones(2, L, dtype=torch.bool)
     (q0, t0), (q1, t1) = hungarian_match(logits, boxes, targets, text_mask)
@@ -124,11 +145,17 @@ def test_all_empty_and_batched_equals_single():
     logits, boxes, targets, text_mask = _random_case(gen, q=6, sizes=[3, 4], lengths=[10, 6])
     batched = hungarian_match(logits.float(), boxes.float(), targets, text_mask)
     for i in range(2):
-        (qi, ti), = hungarian_match(logits[i : i + 1].float(), boxes[i : i + 1].float(), targets[i : i + 1],
-                                    text_mask[i : i + 1])
+        ((qi, ti),) = hungarian_match(
+            logits[i : i + 1].float(), boxes[i : i + 1].float(), targets[i : i + 1], text_mask[i : i + 1]
+        )
         assert torch.equal(qi, batched[i][0]) and torch.equal(ti, batched[i][1])
-    empty = [Target(boxes=torch.zeros(0, 4), token_map=torch.zeros(0, 256, dtype=torch.bool),
-                    labels=torch.zeros(0, dtype=torch.long))] * 2
+    empty = [
+        Target(
+            boxes=torch.zeros(0, 4),
+            token_map=torch.zeros(0, 256, dtype=torch.bool),
+            labels=torch.zeros(0, dtype=torch.long),
+        )
+    ] * 2
     assert all(q.numel() == 0 for q, _ in hungarian_match(logits, boxes, empty, text_mask))
 
 

@@ -26,6 +26,7 @@ def test_checkpoints_are_atomic_pruned_and_safe(tmp_path):
     assert find_checkpoint(tmp_path) == root / "step_00000003"  # a run folder works too
     model, ema, state = load_checkpoint(root)
     assert torch.equal(model["w"], torch.full((2,), 3.0)) and ema is None and state["step"] == 3
+
     # a pickle that carries code is refused by weights_only loading
     class Evil:
         def __reduce__(self):
@@ -67,7 +68,11 @@ def test_ema_update_matches_the_formula():
 
 
 OVERRIDES = [
-    "data.batch_size=1", "schedule.max_steps=4", "schedule.kind=cosine", "optim.lr=1e-3", "optim.ema=true",
+    "data.batch_size=1",
+    "schedule.max_steps=4",
+    "schedule.kind=cosine",
+    "optim.lr=1e-3",
+    "optim.ema=true",
     "optim.ema_decay=0.9",
 ]
 

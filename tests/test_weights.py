@@ -104,7 +104,9 @@ def test_official_layout_matches_the_released_key_families(tiny_model, official_
         assert key in sd, key
     assert not any(k.startswith("backbone.layers") for k in sd)
     for n in range(cfg.dec_layers):
-        assert torch.equal(sd[f"transformer.decoder.bbox_embed.{n}.layers.2.weight"], params["bbox_embed.layers.2.weight"])
+        assert torch.equal(
+            sd[f"transformer.decoder.bbox_embed.{n}.layers.2.weight"], params["bbox_embed.layers.2.weight"]
+        )
     # the saved Swin index (computed in gdino.weights.official) equals the model's own buffer
     own = tiny_model.state_dict()
     for s, depth in enumerate(cfg.backbone.depths):
@@ -146,7 +148,10 @@ def test_gdino_named_pth_as_training_code_writes_it(tiny_model, tmp_path, vocab_
 
 def test_preset_inferred_from_swin_width():
     for embed, name in ((96, "swin-t"), (128, "swin-b")):
-        state = {"backbone.0.patch_embed.proj.weight": torch.zeros(embed, 3, 4, 4), "bert.pooler.dense.weight": torch.zeros(1)}
+        state = {
+            "backbone.0.patch_embed.proj.weight": torch.zeros(embed, 3, 4, 4),
+            "bert.pooler.dense.weight": torch.zeros(1),
+        }
         assert _infer_config(state, "x.pth", False) == get_preset(name)
     no_pooler = _infer_config({"backbone.0.patch_embed.proj.weight": torch.zeros(96, 3, 4, 4)}, "x.pth", False)
     assert no_pooler.text.with_pooler is False and no_pooler.backbone == get_preset("swin-t").backbone
@@ -215,7 +220,10 @@ def _official_dict(official_pth):
     "edit, needles",
     [
         (lambda sd: sd.pop("transformer.decoder.norm.weight"), ["missing 1", "transformer.decoder.norm.weight"]),
-        (lambda sd: sd.__setitem__("transformer.extra.weight", torch.zeros(3)), ["unexpected 1", "transformer.extra.weight"]),
+        (
+            lambda sd: sd.__setitem__("transformer.extra.weight", torch.zeros(3)),
+            ["unexpected 1", "transformer.extra.weight"],
+        ),
         (lambda sd: sd.__setitem__("feat_map.bias", torch.zeros(65)), ["shape mismatch", "feat_map.bias (65,)"]),
         (
             lambda sd: sd.__setitem__("transformer.decoder.bbox_embed.1.layers.0.bias", torch.ones(64)),
@@ -414,7 +422,12 @@ def test_hub_name_offline_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "nothing"))
     with pytest.raises(CheckpointError) as err:
         load_model("grounding-dino-base")
-    _one_line(err, "IDEA-Research/grounding-dino-base", str(tmp_path / "nothing"), "hf download IDEA-Research/grounding-dino-base")
+    _one_line(
+        err,
+        "IDEA-Research/grounding-dino-base",
+        str(tmp_path / "nothing"),
+        "hf download IDEA-Research/grounding-dino-base",
+    )
 
 
 @pytest.mark.parametrize("fmt", ["official", "hf"])

@@ -92,8 +92,10 @@ class GroundingDINOConfig:
         if self.contrastive_scale not in ("none", "sqrt", "learned"):
             raise GdinoError(f"contrastive_scale must be none, sqrt or learned, got {self.contrastive_scale!r}")
         if self.calibrated_logits and (self.contrastive_bias or self.contrastive_scale != "none"):
-            raise GdinoError("calibrated_logits already scales and shifts the logits; "
-                             "do not combine it with contrastive_scale / contrastive_bias")
+            raise GdinoError(
+                "calibrated_logits already scales and shifts the logits; "
+                "do not combine it with contrastive_scale / contrastive_bias"
+            )
 
     @property
     def text_nheads(self) -> int:
@@ -144,17 +146,16 @@ SWIN_L = SwinConfig(
     embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12, out_indices=(0, 1, 2, 3)
 )
 TINY_SWIN = SwinConfig(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=7)
-TINY_TEXT = TextEncoderConfig(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128
-)
-MINILM_TEXT = TextEncoderConfig(
-    hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536
-)
+TINY_TEXT = TextEncoderConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+MINILM_TEXT = TextEncoderConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 
 #: MM-Grounding-DINO's head variant (mmdetection ``contrastive_cfg=dict(log_scale="auto", bias=True)``,
 #: ``share_pred_layer=False``); its BERT has no pooler (``add_pooling_layer=False``)
 MM_HEADS: dict[str, Any] = {
-    "contrastive_scale": "sqrt", "contrastive_bias": True, "share_class_head": False, "share_box_head": False,
+    "contrastive_scale": "sqrt",
+    "contrastive_bias": True,
+    "share_class_head": False,
+    "share_box_head": False,
     "text": TextEncoderConfig(with_pooler=False),
 }
 
@@ -192,9 +193,11 @@ PRESETS: dict[str, GroundingDINOConfig] = {
         calibrated_logits=True,
         name="small-minilm",
     ),
-    **{f"{family}-{size}": _mm(f"{family}-{size}", bb)
-       for family in ("mm-grounding-dino", "llmdet")
-       for size, bb in (("tiny", SWIN_T), ("base", SWIN_B), ("large", SWIN_L))},
+    **{
+        f"{family}-{size}": _mm(f"{family}-{size}", bb)
+        for family in ("mm-grounding-dino", "llmdet")
+        for size, bb in (("tiny", SWIN_T), ("base", SWIN_B), ("large", SWIN_L))
+    },
 }
 PRESETS["tiny-mm"] = dataclasses.replace(
     PRESETS["tiny"], **{**MM_HEADS, "text": dataclasses.replace(TINY_TEXT, with_pooler=False)}, name="tiny-mm"
@@ -206,6 +209,4 @@ def get_preset(name: str) -> GroundingDINOConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise GdinoError(
-            f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}"
-        ) from None
+        raise GdinoError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}") from None

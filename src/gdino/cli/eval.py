@@ -33,12 +33,17 @@ def register(subparsers) -> None:
     _dataset_args(lv)
     _model_args(lv)
     lv.add_argument(
-        "--topk-per-class", type=int, default=10_000,
+        "--topk-per-class",
+        type=int,
+        default=10_000,
         help="Fixed AP: detections kept per class over the dataset (default 10000)",
     )
     lv.add_argument("--per-class", action="store_true", help="also print per-class AP")
     lv.add_argument(
-        "--classes-per-prompt", type=int, default=None, metavar="N",
+        "--classes-per-prompt",
+        type=int,
+        default=None,
+        metavar="N",
         help="prompts of N classes, --topk pairs kept per prompt (mmdetection's chunked protocol: 40 for the "
         "published MM-Grounding-DINO and LLMDet LVIS numbers); default: as many as fit in 256 tokens",
     )
@@ -59,7 +64,9 @@ def register(subparsers) -> None:
     s.add_argument("--annotations", required=True, help="ground truth (COCO or LVIS json)")
     s.add_argument("--detections", required=True, help="COCO results json: [{image_id, category_id, bbox, score}]")
     s.add_argument("--lvis", action="store_true", help="LVIS federated Fixed AP instead of COCO AP")
-    s.add_argument("--topk-per-class", type=int, default=10_000, help="with --lvis: Fixed AP cap per class (default 10000)")
+    s.add_argument(
+        "--topk-per-class", type=int, default=10_000, help="with --lvis: Fixed AP cap per class (default 10000)"
+    )
     s.add_argument("--backend", default="pycocotools", choices=("pycocotools", "faster-coco-eval"), help="COCO scorer")
     s.add_argument("--out", metavar="DIR", help="write metrics.json and PR curves here")
     s.add_argument("--per-class", action="store_true", help="also print per-class AP")
@@ -67,7 +74,9 @@ def register(subparsers) -> None:
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--annotations", required=True, help="annotation json (COCO format; LVIS / refs variants for those commands)")
+    p.add_argument(
+        "--annotations", required=True, help="annotation json (COCO format; LVIS / refs variants for those commands)"
+    )
     p.add_argument("--images", required=True, help="folder the images' file_name are relative to")
 
 
@@ -75,9 +84,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("--dtype", help="fp32 (default), fp16 or bf16")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 1)")
-    p.add_argument(
-        "--image-size", type=int, metavar="N", help="shorter side (default: official 800, longer <= 1333)"
-    )
+    p.add_argument("--image-size", type=int, metavar="N", help="shorter side (default: official 800, longer <= 1333)")
     p.add_argument("--topk", type=int, help="(query, class) pairs kept per image (default 300, official)")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate only the first N images")
     p.add_argument("--backend", default="pycocotools", choices=("pycocotools", "faster-coco-eval"), help="COCO scorer")
@@ -92,7 +99,11 @@ def _evaluator(args):
     names = ("dtype", "batch_size", "image_size", "topk", "classes_per_prompt")
     given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     options = EvalOptions.build(
-        detect=EVAL_DETECT, **given, backend=args.backend, progress=not args.no_progress, max_images=args.max_images,
+        detect=EVAL_DETECT,
+        **given,
+        backend=args.backend,
+        progress=not args.no_progress,
+        max_images=args.max_images,
     )
     ray = ray_options(args)
     if ray is not None:
@@ -167,7 +178,9 @@ def run_odinw(args) -> int:
         _close(evaluator)
     print(f"ODinW box AP (%), {weights}")
     print(format_table(odinw_table_rows(result["datasets"]), header=["dataset", "AP", "AP50"]))
-    print(f"mean AP {percent(result['mean_AP'])}  median AP {percent(result['median_AP'])}  ({result['num_datasets']} datasets)")
+    print(
+        f"mean AP {percent(result['mean_AP'])}  median AP {percent(result['median_AP'])}  ({result['num_datasets']} datasets)"
+    )
     return 0
 
 
@@ -182,8 +195,10 @@ def run_refcoco(args) -> int:
     evaluator, weights = _evaluator(args)
     result = evaluator.refcoco(args.annotations, args.images, split=args.split, out_dir=args.out)
     split = f" split {args.split}" if args.split else ""
-    print(f"RefCOCO top-1 accuracy @ IoU 0.5{split}, {weights}: {percent(result['accuracy'])} % "
-          f"of {result['num_expressions']} expressions")
+    print(
+        f"RefCOCO top-1 accuracy @ IoU 0.5{split}, {weights}: {percent(result['accuracy'])} % "
+        f"of {result['num_expressions']} expressions"
+    )
     return 0
 
 

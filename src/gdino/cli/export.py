@@ -18,12 +18,18 @@ def register(subparsers) -> None:
         "[B,H,W] int64 (1 = real pixel). Outputs: logits [B,Q,L] (-inf at padding tokens), boxes [B,Q,4] cxcywh "
         "in [0,1]. See docs/export.md.",
     )
-    p.add_argument("weights", metavar="WEIGHTS", help="checkpoint: hub name, official .pth, HF folder or gdino .safetensors")
+    p.add_argument(
+        "weights", metavar="WEIGHTS", help="checkpoint: hub name, official .pth, HF folder or gdino .safetensors"
+    )
     p.add_argument("out", metavar="OUT.onnx", help="file to write (with --split: OUT.text.onnx and OUT.features.onnx)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"), help="weights/activations precision (default fp32)")
+    p.add_argument(
+        "--dtype", default="fp32", choices=("fp32", "fp16"), help="weights/activations precision (default fp32)"
+    )
     p.add_argument("--batch", default="dynamic", help="a fixed batch size or 'dynamic' (default)")
-    p.add_argument("--image-size", default="dynamic", metavar="HxW", help="a fixed HxW of pixel_values or 'dynamic' (default)")
+    p.add_argument(
+        "--image-size", default="dynamic", metavar="HxW", help="a fixed HxW of pixel_values or 'dynamic' (default)"
+    )
     p.add_argument("--split", action="store_true", help="write the text encoder and the rest as two graphs")
     p.set_defaults(func=run_export)
 
@@ -52,8 +58,11 @@ def run_export(args: argparse.Namespace) -> int:
     from gdino.weights.load import load_model
 
     options = ExportOptions(
-        opset=args.opset, dtype=args.dtype, batch=parse_batch(args.batch),
-        image_size=parse_image_size(args.image_size), split=args.split,
+        opset=args.opset,
+        dtype=args.dtype,
+        batch=parse_batch(args.batch),
+        image_size=parse_image_size(args.image_size),
+        split=args.split,
     )
     try:
         import onnx  # noqa: F401  (optional dependency: fail before loading weights)

@@ -36,14 +36,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_prompt_options(q, label=True)
     q.add_argument("--out", metavar="DIR", required=True, help="dataset folder to write (created if needed)")
     q.add_argument(
-        "--format", dest="formats", action="append", choices=("coco", "yolo"),
+        "--format",
+        dest="formats",
+        action="append",
+        choices=("coco", "yolo"),
         help="output format; COCO annotations.json is always written, add --format yolo for the Ultralytics layout",
     )
     add_model_options(q)
     add_detect_options(q, text_threshold=True)
     q.add_argument("--overwrite", action="store_true", help="discard an earlier job in DIR instead of resuming it")
-    q.add_argument("--workers", type=int, default=None,
-                   help="image-loading threads (default 2); with --engine ray: detector workers (default 1)")
+    q.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="image-loading threads (default 2); with --engine ray: detector workers (default 1)",
+    )
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.add_argument("--masks", action="store_true", help="also segment every box (Grounded-SAM); needs --segmenter")
     add_segmenter_options(q, None)
@@ -87,9 +94,17 @@ def run_label(args: argparse.Namespace) -> int:
     detector = load_detector(args, options)
     segmenter = build_segmenter_from(args, detector.device) if args.masks else None
     summary = label_folder(
-        detector, args.folder, out, classes, options=options, formats=["coco", *(args.formats or [])],
-        segmenter=segmenter, overwrite=args.overwrite, progress=not args.no_progress,
-        workers=args.workers, settings=settings,
+        detector,
+        args.folder,
+        out,
+        classes,
+        options=options,
+        formats=["coco", *(args.formats or [])],
+        segmenter=segmenter,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        workers=args.workers,
+        settings=settings,
     )
     return _report(summary, args)
 
@@ -102,13 +117,25 @@ def _run_ray(args: argparse.Namespace, classes: list[str], options, ray, setting
     factory = None
     if args.masks:  # built in each worker, on the worker's device
         factory = functools.partial(
-            build_segmenter, args.segmenter, args.segmenter_weights and absolute_if_file(args.segmenter_weights), device or ("cuda" if ray.gpus_per_worker else "cpu"),
+            build_segmenter,
+            args.segmenter,
+            args.segmenter_weights and absolute_if_file(args.segmenter_weights),
+            device or ("cuda" if ray.gpus_per_worker else "cpu"),
             args.segmenter_dtype,
         )
     summary = label_with_ray(
-        args.folder, Path(args.out), classes, weights=absolute_if_file(weights_name(args)), ray_options=ray, device=device,
-        options=options, formats=["coco", *(args.formats or [])], segmenter_factory=factory,
-        overwrite=args.overwrite, progress=not args.no_progress, settings=settings,
+        args.folder,
+        Path(args.out),
+        classes,
+        weights=absolute_if_file(weights_name(args)),
+        ray_options=ray,
+        device=device,
+        options=options,
+        formats=["coco", *(args.formats or [])],
+        segmenter_factory=factory,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        settings=settings,
     )
     return _report(summary, args)
 

@@ -60,7 +60,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     p.add_argument(
-        "--runtime", default="torch", choices=RUNTIMES,
+        "--runtime",
+        default="torch",
+        choices=RUNTIMES,
         help="run the PyTorch model (default) or a graph written by `gdino export` (--onnx) with ONNX Runtime or "
         "OpenVINO on the CPU",
     )
@@ -76,7 +78,9 @@ def add_detect_options(p: argparse.ArgumentParser, text_threshold: bool = True) 
     p.add_argument("--max-detections", type=int, metavar="N", help="keep at most N detections per image, best first")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 1)")
     p.add_argument(
-        "--image-size", type=int, metavar="N",
+        "--image-size",
+        type=int,
+        metavar="N",
         help="shorter side of the resized image (default: official 800, longer side <= 1333)",
     )
     p.add_argument("--dtype", help="fp32 (default), fp16 or bf16")
@@ -184,7 +188,13 @@ def run_images(detector: Any, loaded: list, prompt: Any, options: Any, desc: str
 
 
 def result_document(
-    weights: str, prompt: Any, args: argparse.Namespace, options: Any, results: list, errors: list, extra: dict | None = None
+    weights: str,
+    prompt: Any,
+    args: argparse.Namespace,
+    options: Any,
+    results: list,
+    errors: list,
+    extra: dict | None = None,
 ) -> dict[str, Any]:
     """The JSON document of ``gdino detect`` / ``gdino segment`` (:func:`gdino.infer.report.result_document`)."""
     from gdino.infer.report import result_document as build  # lazy: keeps gdino --help fast

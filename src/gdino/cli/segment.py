@@ -31,13 +31,20 @@ SEGMENTER_HELP = "segmenter: " + ", ".join(SEGMENTERS)
 
 def add_segmenter_options(p: argparse.ArgumentParser, default: str | None) -> None:
     """``--segmenter``, ``--segmenter-weights`` and ``--segmenter-dtype`` (shared with ``label``)."""
-    p.add_argument("--segmenter", default=default, metavar="NAME",
-                   help=SEGMENTER_HELP + (f" (default {default})" if default else ""))
     p.add_argument(
-        "--segmenter-weights", metavar="PATH",
+        "--segmenter",
+        default=default,
+        metavar="NAME",
+        help=SEGMENTER_HELP + (f" (default {default})" if default else ""),
+    )
+    p.add_argument(
+        "--segmenter-weights",
+        metavar="PATH",
         help="segmenter checkpoint (.pth/.pt/.safetensors); default: the released weights from the Hugging Face cache",
     )
-    p.add_argument("--segmenter-dtype", default="fp32", help="the segmenter's own precision: fp32 (default), fp16 or bf16")
+    p.add_argument(
+        "--segmenter-dtype", default="fp32", help="the segmenter's own precision: fp32 (default), fp16 or bf16"
+    )
 
 
 def build_segmenter_from(args: argparse.Namespace, device: str | torch.device, multimask: bool = False) -> object:
@@ -60,7 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(p)
     add_detect_options(p)
     add_segmenter_options(p, "sam-vit-b")
-    p.add_argument("--multimask", action="store_true", help="predict 3 masks per box and keep the best by SAM's predicted IoU")
+    p.add_argument(
+        "--multimask", action="store_true", help="predict 3 masks per box and keep the best by SAM's predicted IoU"
+    )
     p.add_argument("--out", metavar="FILE", help="write the JSON document to this file instead of stdout")
     p.add_argument("--draw", metavar="DIR", help="save each image with its masks and boxes drawn into DIR")
     p.set_defaults(func=run_segment)

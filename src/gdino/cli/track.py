@@ -32,22 +32,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "mode propagates SAM 2 masks and re-detects every N frames. Writes tracks.json, mot.txt (MOTChallenge) "
         "and with --draw tracks.mp4 into the DIR --out names. An interrupted run resumes when run again.",
     )
-    p.add_argument("video", metavar="VIDEO", help="video file (mp4, mkv, ...), folder of frames, or stream URL (rtsp://...)")
+    p.add_argument(
+        "video", metavar="VIDEO", help="video file (mp4, mkv, ...), folder of frames, or stream URL (rtsp://...)"
+    )
     add_prompt_options(p)
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (created if needed)")
-    p.add_argument("--mode", choices=("boxes", "masks"), default="boxes", help="boxes (ByteTrack, default) or masks (SAM 2)")
-    p.add_argument("--detect-every", type=int, default=10, metavar="N",
-                   help="masks mode: run the detector every N processed frames (default 10)")
+    p.add_argument(
+        "--mode", choices=("boxes", "masks"), default="boxes", help="boxes (ByteTrack, default) or masks (SAM 2)"
+    )
+    p.add_argument(
+        "--detect-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="masks mode: run the detector every N processed frames (default 10)",
+    )
     p.add_argument("--start", type=int, default=0, metavar="S", help="first source frame (from 0)")
     p.add_argument("--end", type=int, default=None, metavar="E", help="stop before this source frame")
     p.add_argument("--stride", type=int, default=1, metavar="K", help="process every K-th frame (default 1)")
-    p.add_argument("--chunk", type=int, default=32, metavar="N",
-                   help="boxes mode: frames per journal record, the unit a resumed run keeps (default 32)")
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=32,
+        metavar="N",
+        help="boxes mode: frames per journal record, the unit a resumed run keeps (default 32)",
+    )
     p.add_argument("--draw", action="store_true", help="also write tracks.mp4 with boxes/masks, ids and labels")
-    p.add_argument("--track-threshold", type=float, default=None, metavar="T",
-                   help="boxes mode: a detection must score T to start a track or be matched first (default 0.4)")
-    p.add_argument("--lost-frames", type=int, default=None, metavar="N",
-                   help="boxes mode: frames (at 30 fps) a lost track is kept to be found again (default 30)")
+    p.add_argument(
+        "--track-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="boxes mode: a detection must score T to start a track or be matched first (default 0.4)",
+    )
+    p.add_argument(
+        "--lost-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="boxes mode: frames (at 30 fps) a lost track is kept to be found again (default 30)",
+    )
     add_model_options(p)
     add_detect_options(p)
     add_segmenter_options(p, None)
@@ -77,8 +101,13 @@ def run_track(args: argparse.Namespace) -> int:
     if args.lost_frames is not None:
         bt["lost_track_buffer"] = args.lost_frames
     settings = TrackSettings(
-        args.mode, args.start, args.end, args.stride, args.chunk,
-        bytetrack=ByteTrackSettings(**bt), masks=MaskSettings(detect_every=args.detect_every),
+        args.mode,
+        args.start,
+        args.end,
+        args.stride,
+        args.chunk,
+        bytetrack=ByteTrackSettings(**bt),
+        masks=MaskSettings(detect_every=args.detect_every),
     )
     classes = parse_classes(args.classes) if args.classes is not None else None
     out = Path(args.out)
@@ -93,8 +122,16 @@ def run_track(args: argparse.Namespace) -> int:
         sam2 = build_segmenter_from(args, detector.device)
         extra.update(segmenter=segmenter_name, segmenter_weights=args.segmenter_weights)
     summary = track_video(
-        detector, args.video, out, classes if classes is not None else args.prompt, settings=settings,
-        options=options, sam2=sam2, draw=args.draw, overwrite=args.overwrite, progress=not args.no_progress,
+        detector,
+        args.video,
+        out,
+        classes if classes is not None else args.prompt,
+        settings=settings,
+        options=options,
+        sam2=sam2,
+        draw=args.draw,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
         extra=extra,
     )
     if summary.warning:

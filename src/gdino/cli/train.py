@@ -24,8 +24,10 @@ def _run(args: argparse.Namespace) -> int:
     state = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         last = state.history[-1] if state.history else {}
-        print(f"trained {state.step} steps ({state.epoch} epochs); weights: {Path(cfg.output_dir) / 'model.safetensors'}"
-              + (f"; last validation: {last}" if last else ""))
+        print(
+            f"trained {state.step} steps ({state.epoch} epochs); weights: {Path(cfg.output_dir) / 'model.safetensors'}"
+            + (f"; last validation: {last}" if last else "")
+        )
     return 0
 
 
@@ -39,7 +41,15 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("config", help="YAML config file or preset name (coco-finetune, small-data, smoke)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=5e-5 data.batch_size=2")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue from the run folder's latest checkpoint (or from CHECKPOINT)")
-    p.add_argument("--out", dest="output_dir", metavar="DIR", help="run folder: checkpoints, logs, weights (overrides output_dir)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from the run folder's latest checkpoint (or from CHECKPOINT)",
+    )
+    p.add_argument(
+        "--out", dest="output_dir", metavar="DIR", help="run folder: checkpoints, logs, weights (overrides output_dir)"
+    )
     p.set_defaults(func=_run)

@@ -75,9 +75,19 @@ class Detections:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def empty(cls, image_size: tuple[int, int], class_names: Sequence[str] = (), image: str | None = None) -> Detections:
+    def empty(
+        cls, image_size: tuple[int, int], class_names: Sequence[str] = (), image: str | None = None
+    ) -> Detections:
         """No detections for an image of ``image_size`` (width, height)."""
-        return cls(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), [], image_size, list(class_names), image)
+        return cls(
+            torch.zeros(0, 4),
+            torch.zeros(0),
+            torch.zeros(0, dtype=torch.long),
+            [],
+            image_size,
+            list(class_names),
+            image,
+        )
 
     @classmethod
     def concat(cls, parts: Sequence[Detections]) -> Detections:
@@ -92,7 +102,11 @@ class Detections:
         elif any(with_masks):
             raise ValueError("cannot concat Detections with and without masks")
         scored = [p.mask_scores is not None for p in parts if len(p)]
-        mask_scores = torch.cat([p.mask_scores for p in parts if len(p) and p.mask_scores is not None]) if scored and all(scored) else None
+        mask_scores = (
+            torch.cat([p.mask_scores for p in parts if len(p) and p.mask_scores is not None])
+            if scored and all(scored)
+            else None
+        )
         return cls(
             torch.cat([p.xyxy for p in parts]),
             torch.cat([p.scores for p in parts]),
@@ -244,7 +258,6 @@ class Detections:
         try:
             import supervision as sv  # optional: only this conversion needs it
         except ImportError as e:
-
             raise GdinoError("to_supervision() needs the supervision package: pip install supervision") from e
         return sv.Detections(
             xyxy=self.xyxy.numpy().astype(np.float32).reshape(-1, 4),

@@ -257,8 +257,7 @@ def _from_tensor(t, name: str, max_pixels: int | None) -> Image.Image:
         )
     if arr.dtype.kind == "f" and arr.size and arr.max() > 1.0 + 1e-6:
         raise InputImageError(
-            f"{name}: float tensor values must be in [0, 1] (got max {float(arr.max()):.3g}); "
-            "give uint8 for 0-255 data"
+            f"{name}: float tensor values must be in [0, 1] (got max {float(arr.max()):.3g}); give uint8 for 0-255 data"
         )
     return _from_array(arr, name, max_pixels)
 

@@ -64,7 +64,9 @@ class PreprocessConfig:
         return resized_size(width, height, self.size, self.max_size)
 
 
-def resized_size(width: int, height: int, size: int = DEFAULT_SIZE, max_size: int | None = DEFAULT_MAX_SIZE) -> tuple[int, int]:
+def resized_size(
+    width: int, height: int, size: int = DEFAULT_SIZE, max_size: int | None = DEFAULT_MAX_SIZE
+) -> tuple[int, int]:
     """Official target ``(width, height)``: shorter side ``size``, longer side capped at ``max_size``.
 
     Reproduces the official int rounding exactly: the shorter-side target is reduced to

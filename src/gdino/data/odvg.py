@@ -45,7 +45,7 @@ def load_label_map(label_map: str | os.PathLike | Mapping, source: str = "label 
         source = str(label_map)
         label_map = read_json(label_map)
         if not isinstance(label_map, dict):
-            raise GdinoError(f"{source}: a label map is a JSON object like {{\"0\": \"cat\", \"1\": \"dog\"}}")
+            raise GdinoError(f'{source}: a label map is a JSON object like {{"0": "cat", "1": "dog"}}')
     if not label_map:
         raise GdinoError(f"{source}: the label map is empty")
     by_id: dict[int, str] = {}
@@ -199,11 +199,7 @@ def _check_instances(raw_det, classes: list[str], source: str) -> None:
     if mismatched:
         shifted = all(0 < lab <= len(classes) and classes[lab - 1] == cat for lab, cat in mismatched)
         label, cat = mismatched[0]
-        hint = (
-            "; every mismatch matches label-1, so the labels are 1-based: subtract 1 from each"
-            if shifted
-            else ""
-        )
+        hint = "; every mismatch matches label-1, so the labels are 1-based: subtract 1 from each" if shifted else ""
         raise GdinoError(
             f"{source}: {len(mismatched)} instances' 'category' disagrees with the label map, e.g. label "
             f"{label} is {classes[label]!r} in the map but {cat!r} in the instance{hint}"

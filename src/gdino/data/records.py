@@ -106,9 +106,7 @@ def check_images_exist(records: Sequence[ImageRecord], images_dir: str | os.Path
     missing = [r.file_name for r in records if not (root / r.file_name).is_file()]
     if missing:
         shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
-        raise GdinoError(
-            f"{len(missing)} of {len(records)} images named in {source} are missing from {root}: {shown}"
-        )
+        raise GdinoError(f"{len(missing)} of {len(records)} images named in {source} are missing from {root}: {shown}")
 
 
 def check_not_empty(records: Sequence[ImageRecord], source: str) -> None:

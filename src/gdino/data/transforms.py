@@ -226,9 +226,7 @@ class Compose:
 def build_train_transform(cfg: TransformConfig = TransformConfig()) -> Compose:
     """Flip, then multi-scale resize or the crop branch, then (optionally) normalization."""
     multi_scale = RandomResize(cfg.scales, cfg.max_size)
-    crop_branch = Compose(
-        (RandomResize(cfg.crop_scales), RandomSizeCrop(cfg.crop_min, cfg.crop_max), multi_scale)
-    )
+    crop_branch = Compose((RandomResize(cfg.crop_scales), RandomSizeCrop(cfg.crop_min, cfg.crop_max), multi_scale))
     steps: list[Transform] = [HorizontalFlip(cfg.flip_prob), RandomChoice(crop_branch, multi_scale, cfg.crop_prob)]
     if cfg.normalize:
         steps.append(Normalize())

@@ -59,7 +59,9 @@ def load_coco_gt(source: Any, name: str | None = None) -> Any:
 def check_gt(dataset: Any, label: str) -> None:
     """Validate (and complete in place) a COCO ground-truth dict; see :func:`load_coco_gt`."""
     if not isinstance(dataset, dict):
-        raise GdinoError(f"{label}: expected a JSON object with images/annotations/categories, got {type(dataset).__name__}")
+        raise GdinoError(
+            f"{label}: expected a JSON object with images/annotations/categories, got {type(dataset).__name__}"
+        )
     for key in ("images", "annotations", "categories"):
         if key not in dataset:
             raise GdinoError(f"{label}: missing the {key!r} list (not a COCO annotation file?)")
@@ -117,12 +119,14 @@ def load_detections(source: Any, gt: Any, name: str | None = None) -> list[dict]
         score = det["score"]
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
             raise GdinoError(f"{where}: score must be a finite number, got {score!r}")
-        out.append({
-            "image_id": det["image_id"],
-            "category_id": det["category_id"],
-            "bbox": check_box(det["bbox"], where),
-            "score": float(score),
-        })
+        out.append(
+            {
+                "image_id": det["image_id"],
+                "category_id": det["category_id"],
+                "bbox": check_box(det["bbox"], where),
+                "score": float(score),
+            }
+        )
     return out
 
 

@@ -91,7 +91,13 @@ def score_coco(
 
 
 def run_cocoeval(
-    gt_dataset: dict, dets: list[dict], *, backend: str, max_dets: Sequence[int], image_ids: Sequence[int], evaluator=None
+    gt_dataset: dict,
+    dets: list[dict],
+    *,
+    backend: str,
+    max_dets: Sequence[int],
+    image_ids: Sequence[int],
+    evaluator=None,
 ):
     """Evaluate and accumulate (quietly); returns the evaluator with ``.eval`` filled.
 
@@ -128,11 +134,18 @@ def results_dataset(gt_dataset: dict, dets: list[dict]) -> dict:
     anns = []
     for i, d in enumerate(dets):
         x, y, w, h = d["bbox"]
-        anns.append({
-            "id": i + 1, "image_id": d["image_id"], "category_id": d["category_id"], "bbox": [x, y, w, h],
-            "score": d["score"], "area": w * h, "iscrowd": 0,
-            "segmentation": [[x, y, x, y + h, x + w, y + h, x + w, y]],
-        })
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": d["image_id"],
+                "category_id": d["category_id"],
+                "bbox": [x, y, w, h],
+                "score": d["score"],
+                "area": w * h,
+                "iscrowd": 0,
+                "segmentation": [[x, y, x, y + h, x + w, y + h, x + w, y]],
+            }
+        )
     return {"images": list(gt_dataset["images"]), "categories": list(gt_dataset["categories"]), "annotations": anns}
 
 

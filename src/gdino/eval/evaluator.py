@@ -87,7 +87,9 @@ class Evaluator:
         return Detector(self.model, self.options.detect)
 
     # ------------------------------------------------------------------ datasets
-    def coco(self, annotations, images_dir, *, out_dir: str | os.PathLike | None = None, desc: str = "coco") -> dict[str, Any]:
+    def coco(
+        self, annotations, images_dir, *, out_dir: str | os.PathLike | None = None, desc: str = "coco"
+    ) -> dict[str, Any]:
         """COCO box AP (official Grounding DINO protocol) on a COCO-format dataset."""
         gt = load_coco_gt(annotations)
         ids = self._image_ids(gt)
@@ -124,8 +126,14 @@ class Evaluator:
         self, annotations, images_dir, *, split: str | None = None, out_dir: str | os.PathLike | None = None
     ) -> dict[str, Any]:
         """Top-1 accuracy at IoU 0.5 of referring expressions (see :mod:`gdino.eval.refcoco`)."""
-        res = evaluate_refs(self.detector(), annotations, images_dir, split=split, progress=self.options.progress,
-                            max_images=self.options.max_images)
+        res = evaluate_refs(
+            self.detector(),
+            annotations,
+            images_dir,
+            split=split,
+            progress=self.options.progress,
+            max_images=self.options.max_images,
+        )
         if out_dir is not None:
             write_json(Path(out_dir) / "predictions.json", res["predictions"])
             write_json(Path(out_dir) / "metrics.json", {k: v for k, v in res.items() if k != "predictions"})
@@ -140,8 +148,13 @@ class Evaluator:
         if self.predictor is not None:
             return self.predictor(self.options.detect, gt, images_dir, ids, progress=self.options.progress, label=label)
         return predict_dataset(
-            self.detector(), gt, images_dir, image_ids=ids,
-            progress=self.options.progress, label=label, desc=desc,
+            self.detector(),
+            gt,
+            images_dir,
+            image_ids=ids,
+            progress=self.options.progress,
+            label=label,
+            desc=desc,
         )
 
     def _finish(self, metrics: DetectionMetrics, dets: list[dict], out_dir, title: str) -> dict[str, Any]:
@@ -152,18 +165,36 @@ class Evaluator:
         return result
 
 
-def write_outputs(metrics: DetectionMetrics, dets: list[dict], out_dir: str | os.PathLike, title: str = "") -> list[Path]:
+def write_outputs(
+    metrics: DetectionMetrics, dets: list[dict], out_dir: str | os.PathLike, title: str = ""
+) -> list[Path]:
     """``metrics.json``, ``detections.json``, ``pr_curves.png`` and ``pr_per_class.png`` in ``out_dir``."""
     out = Path(out_dir)
     files = [write_json(out / "metrics.json", metrics.to_dict()), write_json(out / "detections.json", dets)]
-    files.append(plot_pr_curves(metrics.precision, metrics.recall_thresholds, metrics.iou_thresholds,
-                                out / "pr_curves.png", title=f"{title} precision-recall".strip()))
-    files.append(plot_class_pr_curves(metrics.precision, metrics.recall_thresholds, metrics.iou_thresholds,
-                                      metrics.class_names, out / "pr_per_class.png"))
+    files.append(
+        plot_pr_curves(
+            metrics.precision,
+            metrics.recall_thresholds,
+            metrics.iou_thresholds,
+            out / "pr_curves.png",
+            title=f"{title} precision-recall".strip(),
+        )
+    )
+    files.append(
+        plot_class_pr_curves(
+            metrics.precision,
+            metrics.recall_thresholds,
+            metrics.iou_thresholds,
+            metrics.class_names,
+            out / "pr_per_class.png",
+        )
+    )
     return files
 
 
-def evaluate_coco(model, dataset_json, images_dir, *, out_dir: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
+def evaluate_coco(
+    model, dataset_json, images_dir, *, out_dir: str | os.PathLike | None = None, **options: Any
+) -> dict[str, Any]:
     """COCO box AP of ``model`` on a COCO-format dataset; ``options`` as :meth:`EvalOptions.build`.
 
     Returns:

@@ -110,7 +110,11 @@ def score_lvis(
         dets = limit_per_class(dets, topk_per_class)
     per_image_cap = max(len(dets), 1)
     ev = run_cocoeval(
-        coco_gt.dataset, dets, backend=backend, max_dets=(per_image_cap,), image_ids=ids,
+        coco_gt.dataset,
+        dets,
+        backend=backend,
+        max_dets=(per_image_cap,),
+        image_ids=ids,
         evaluator=_federated_evaluator(backend),
     )
     metrics = metrics_from_eval(ev, coco_gt, (per_image_cap,), len(ids), len(dets))

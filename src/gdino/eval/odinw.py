@@ -73,7 +73,9 @@ def load_listing(path: str | os.PathLike) -> list[OdinwDataset]:
     out: list[OdinwDataset] = []
     seen = set()
     for i, entry in enumerate(entries):
-        if not isinstance(entry, Mapping) or not all(isinstance(entry.get(k), str) and entry.get(k) for k in ("annotations", "images")):
+        if not isinstance(entry, Mapping) or not all(
+            isinstance(entry.get(k), str) and entry.get(k) for k in ("annotations", "images")
+        ):
             raise GdinoError(f"{p}: datasets[{i}] needs 'annotations' and 'images' paths")
         name = str(entry.get("name") or Path(entry["annotations"]).parent.as_posix())
         if name in seen:

@@ -93,10 +93,12 @@ def detections_to_results(dets, image_id: int, category_ids: Sequence[int]) -> l
     for (x0, y0, x1, y1), score, cid in zip(boxes, dets.scores.tolist(), dets.class_ids.tolist()):
         if cid < 0:
             continue
-        out.append({
-            "image_id": image_id,
-            "category_id": int(category_ids[cid]),
-            "bbox": [x0, y0, x1 - x0, y1 - y0],
-            "score": float(score),
-        })
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": int(category_ids[cid]),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": float(score),
+            }
+        )
     return out

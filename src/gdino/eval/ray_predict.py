@@ -57,15 +57,25 @@ class RayPredictor:
         self._started: bool | None = None
 
     def __call__(
-        self, options: DetectOptions, gt, images_dir: str | os.PathLike, image_ids: Sequence[int], *,
-        progress: bool = True, label: str = "annotations",
+        self,
+        options: DetectOptions,
+        gt,
+        images_dir: str | os.PathLike,
+        image_ids: Sequence[int],
+        *,
+        progress: bool = True,
+        label: str = "annotations",
     ) -> list[dict[str, Any]]:
         ids = list(image_ids)
         paths = {i: os.path.abspath(image_path(images_dir, gt.imgs[i], label)) for i in ids}
         cat_ids, names = category_names(gt)
         spec = WorkerSpec(
-            weights=self.weights, device=self.device, options=options.to_dict(), classes=tuple(names),
-            sink=ResultRows({p: i for i, p in paths.items()}, cat_ids), root=os.path.abspath(images_dir),
+            weights=self.weights,
+            device=self.device,
+            options=options.to_dict(),
+            classes=tuple(names),
+            sink=ResultRows({p: i for i, p in paths.items()}, cat_ids),
+            root=os.path.abspath(images_dir),
             threads=self.ray_options.cpus_per_worker,
         )
         if self._started is None:

@@ -90,7 +90,9 @@ def load_refs(source: Any, split: str | None = None, name: str | None = None) ->
             samples.append(RefSample(ref.get("ref_id", i), ref["image_id"], text, box))
     if not samples:
         present = ", ".join(sorted(str(s) for s in splits)) or "none"
-        raise GdinoError(f"{label}: no referring expressions" + (f" in split {split!r} (splits: {present})" if split else ""))
+        raise GdinoError(
+            f"{label}: no referring expressions" + (f" in split {split!r} (splits: {present})" if split else "")
+        )
     return data, samples
 
 
@@ -134,7 +136,9 @@ def predict_refs(
                     prompts.append(detector.prompt([expr]))
                     kept.append(k)
                 except PromptError as e:  # empty or too long: a miss, not a failed run
-                    logger.warning("ref %s: expression %r counts as a miss: %s", samples[k].ref_id, samples[k].expression, e)
+                    logger.warning(
+                        "ref %s: expression %r counts as a miss: %s", samples[k].ref_id, samples[k].expression, e
+                    )
             if prompts:
                 found = detector.detect_prompts(str(paths[image_id]), prompts, box_threshold=0.0, topk=1, clip=False)[0]
                 for k, dets in zip(kept, found):
@@ -145,8 +149,16 @@ def predict_refs(
     return out
 
 
-def evaluate_refs(detector, source, images_dir, *, split: str | None = None, progress: bool = True,
-                  iou_threshold: float = 0.5, max_images: int | None = None) -> dict[str, Any]:
+def evaluate_refs(
+    detector,
+    source,
+    images_dir,
+    *,
+    split: str | None = None,
+    progress: bool = True,
+    iou_threshold: float = 0.5,
+    max_images: int | None = None,
+) -> dict[str, Any]:
     """Load, predict and score; returns ``{"accuracy", "num_expressions", "split", "predictions"}``.
 
     ``max_images``: only the expressions of the first N images (ascending id) that have refs.
@@ -165,8 +177,13 @@ def evaluate_refs(detector, source, images_dir, *, split: str | None = None, pro
         "num_expressions": len(samples),
         "split": split,
         "predictions": [
-            {"ref_id": s.ref_id, "image_id": s.image_id, "expression": s.expression, "box": list(p) if p else None,
-             "target": list(s.box)}
+            {
+                "ref_id": s.ref_id,
+                "image_id": s.image_id,
+                "expression": s.expression,
+                "box": list(p) if p else None,
+                "target": list(s.box),
+            }
             for s, p in zip(samples, preds)
         ],
     }

@@ -53,7 +53,9 @@ class DetectionGraph(nn.Module):
         pixel_mask: Tensor,
     ) -> tuple[Tensor, Tensor]:
         torch._check(pixel_values.shape[0] == input_ids.shape[0])  # one prompt per image (one symbol for tracing)
-        text = TokenizedText(input_ids, attention_mask.bool(), token_type_ids, position_ids, self_attention_masks.bool())
+        text = TokenizedText(
+            input_ids, attention_mask.bool(), token_type_ids, position_ids, self_attention_masks.bool()
+        )
         out = self.model(pixel_values.to(self.model.dtype), text, pixel_mask.bool())
         return _outputs(out.logits, out.boxes, input_ids.shape[1])
 
@@ -77,7 +79,9 @@ class TextGraph(nn.Module):
         position_ids: Tensor,
         self_attention_masks: Tensor,
     ) -> Tensor:
-        text = TokenizedText(input_ids, attention_mask.bool(), token_type_ids, position_ids, self_attention_masks.bool())
+        text = TokenizedText(
+            input_ids, attention_mask.bool(), token_type_ids, position_ids, self_attention_masks.bool()
+        )
         return self.model.encode_text(text).features.float()
 
 

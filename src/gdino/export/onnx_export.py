@@ -142,8 +142,12 @@ def export_graph(
                 graph, args, dynamic_shapes=shapes, strict=False, prefer_deferred_runtime_asserts_over_guards=True
             )
             program = torch.onnx.export(
-                exported, dynamo=True, input_names=list(names), output_names=list(graph.outputs),
-                opset_version=options.opset, external_data=False,
+                exported,
+                dynamo=True,
+                input_names=list(names),
+                output_names=list(graph.outputs),
+                opset_version=options.opset,
+                external_data=False,
             )
     except Exception as err:  # the exporter raises many types; one line for the user, details in the log
         logger.debug("export failed", exc_info=True)

@@ -51,7 +51,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     try:
         proto = onnx.load_model(str(p), load_external_data=False)
     except Exception as err:  # noqa: BLE001 (protobuf DecodeError and others for a file that is not ONNX)
-        raise RuntimeGraphError(f"{p} is not a readable ONNX file: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise RuntimeGraphError(
+            f"{p} is not a readable ONNX file: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
     meta = {e.key: e.value for e in proto.metadata_props}
     if "gdino_config" not in meta:
         raise RuntimeGraphError(f"{p} has no gdino metadata; export it with `gdino export`")
@@ -61,7 +63,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 class Session:
     """One compiled graph: ``run(feeds) -> list of float32 arrays`` (outputs in graph order)."""
 
-    def __init__(self, path: Path, runtime: str, threads: int | None, precision: str, providers: list[str] | None) -> None:
+    def __init__(
+        self, path: Path, runtime: str, threads: int | None, precision: str, providers: list[str] | None
+    ) -> None:
         if runtime not in RUNTIMES:
             raise RuntimeGraphError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
         if precision not in PRECISIONS:
@@ -73,7 +77,9 @@ class Session:
             except ImportError:
                 raise RuntimeGraphError("onnxruntime is not installed: pip install 'gdino[export]'") from None
             if precision != "f32":
-                raise RuntimeGraphError("onnxruntime runs the graph's own precision; export with --dtype fp16 instead of bf16")
+                raise RuntimeGraphError(
+                    "onnxruntime runs the graph's own precision; export with --dtype fp16 instead of bf16"
+                )
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if threads:
@@ -181,8 +187,13 @@ class RuntimeModel:
     dtype = torch.float32
 
     def __init__(
-        self, path: str | os.PathLike, runtime: str = "onnxruntime", *, threads: int | None = None,
-        precision: str = "f32", providers: list[str] | None = None,
+        self,
+        path: str | os.PathLike,
+        runtime: str = "onnxruntime",
+        *,
+        threads: int | None = None,
+        precision: str = "f32",
+        providers: list[str] | None = None,
     ) -> None:
         single = Path(path)
         text_path, features_path = split_paths(single)
@@ -198,7 +209,9 @@ class RuntimeModel:
             self.session = Session(features_path, *args)
         else:
             if meta.get("gdino_graph") != "detection":
-                raise RuntimeGraphError(f"{single} is a {meta.get('gdino_graph')!r} graph; pass the detection graph or the split pair")
+                raise RuntimeGraphError(
+                    f"{single} is a {meta.get('gdino_graph')!r} graph; pass the detection graph or the split pair"
+                )
             self.text_session = None
             self.session = Session(single, *args)
 
@@ -212,7 +225,9 @@ class RuntimeModel:
     def tokenize(self, captions: list[str] | str) -> TokenizedText:
         if self.tokenizer is None:
             raise RuntimeGraphError("this ONNX file carries no vocabulary; re-export it from a model with a tokenizer")
-        return tokenize(self.tokenizer, [captions] if isinstance(captions, str) else list(captions), self.config.max_text_len)
+        return tokenize(
+            self.tokenizer, [captions] if isinstance(captions, str) else list(captions), self.config.max_text_len
+        )
 
     def encode_text(self, text: TokenizedText) -> RuntimeText:
         if self.text_session is None:

@@ -44,7 +44,9 @@ def to_detections(
     return dets
 
 
-def _classes_mode(prompt: Prompt, raw: Sequence[RawChunk], b: int, opts: DetectOptions) -> tuple[Tensor, Tensor, Tensor]:
+def _classes_mode(
+    prompt: Prompt, raw: Sequence[RawChunk], b: int, opts: DetectOptions
+) -> tuple[Tensor, Tensor, Tensor]:
     scores = [class_scores(logits[b], _positive_map(chunk)) for (logits, _, _), chunk in zip(raw, prompt.chunks)]
     boxes_parts, scores_parts, class_parts = [], [], []
     if opts.topk is not None:
@@ -77,7 +79,11 @@ def _phrase_mode(
     boxes_parts, scores_parts, class_parts, labels = [], [], [], []
     for (logits, boxes, input_ids), chunk in zip(raw, prompt.chunks):
         ps = decode_phrases(
-            logits[b], input_ids, tokenizer, opts.box_threshold, opts.text_threshold,
+            logits[b],
+            input_ids,
+            tokenizer,
+            opts.box_threshold,
+            opts.text_threshold,
             remove_combined=opts.remove_combined,
         )
         boxes_parts.append(boxes[b, ps.queries])

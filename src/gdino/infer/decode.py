@@ -93,9 +93,7 @@ def select_topk(scores: Tensor, k: int = 300) -> Selection:
     return Selection(flat // c, flat % c, top)
 
 
-def select_topk_chunks(
-    scores: Sequence[Tensor], class_indices: Sequence[Sequence[int]], k: int = 300
-) -> Selection:
+def select_topk_chunks(scores: Sequence[Tensor], class_indices: Sequence[Sequence[int]], k: int = 300) -> Selection:
     """:func:`select_topk` across several chunked passes, one ``[Q_i, C_i]`` score matrix each.
 
     ``class_indices[i][j]`` is the global class id of column j of chunk i. The result's
@@ -191,9 +189,7 @@ def decode_phrases(
             tokens = [ids[t] for t in range(start, end) if word[t]]
         labels.append(_clean_label(tokenizer.decode(tokens)) if tokens else "")
         phrase_ids.append(seg)
-    return PhraseSelection(
-        keep, best[keep], labels, torch.tensor(phrase_ids, dtype=torch.long, device=probs.device)
-    )
+    return PhraseSelection(keep, best[keep], labels, torch.tensor(phrase_ids, dtype=torch.long, device=probs.device))
 
 
 def _segment_of(token: int, segments: Sequence[tuple[int, int]]) -> int:

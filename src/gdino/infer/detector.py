@@ -94,7 +94,11 @@ class Detector:
 
     @classmethod
     def from_pretrained(
-        cls, weights: str, device: str | torch.device | None = None, options: DetectOptions | None = None, **overrides: Any
+        cls,
+        weights: str,
+        device: str | torch.device | None = None,
+        options: DetectOptions | None = None,
+        **overrides: Any,
     ) -> Detector:
         """Load ``weights`` (hub name, ``.pth``, HF folder, ``.safetensors``) onto ``device`` (None: auto)."""
         return cls(load_model(weights, device=device), options, **overrides)
@@ -226,7 +230,10 @@ class Detector:
         return results
 
     def run(
-        self, items: Iterable[tuple[Any, Any, Prompt]], options: DetectOptions | None = None, segmenter: Segmenter | None = None
+        self,
+        items: Iterable[tuple[Any, Any, Prompt]],
+        options: DetectOptions | None = None,
+        segmenter: Segmenter | None = None,
     ) -> Iterator[tuple[Any, Detections]]:
         """Streaming core: ``(key, image, prompt)`` items -> ``(key, Detections)``, batch by batch.
 
@@ -247,8 +254,13 @@ class Detector:
 
     # ------------------------------------------------------------------ internals
     def _collect(
-        self, images: Any, prompt_or_classes: Any, options: DetectOptions | None, per_image: bool,
-        overrides: dict[str, Any], segmenter: Segmenter | None,
+        self,
+        images: Any,
+        prompt_or_classes: Any,
+        options: DetectOptions | None,
+        per_image: bool,
+        overrides: dict[str, Any],
+        segmenter: Segmenter | None,
     ) -> list[Detections]:
         opts = self.resolve(options, overrides)
         items = as_image_list(images)
@@ -268,7 +280,9 @@ class Detector:
                     d = segmenter.segment(np.asarray(window[i][1].loaded.image), d)
                 yield window[i][0], d
 
-    def _run_batch(self, prepared: list[PreparedImage], prompts: list[Prompt], opts: DetectOptions) -> list[list[Detections]]:
+    def _run_batch(
+        self, prepared: list[PreparedImage], prompts: list[Prompt], opts: DetectOptions
+    ) -> list[list[Detections]]:
         """Equal-size images, several prompts -> ``[prompt][image]`` detections."""
         model = self.model
         was_training = model.training
@@ -284,7 +298,9 @@ class Detector:
                         res = model.forward_features(image_features, text.expand(len(prepared)))
                         self.stats["forwards"] += 1
                         raw.append((res.logits.float().cpu(), res.boxes.float().cpu(), input_ids))
-                    out.append([to_detections(prompt, raw, b, p.loaded, opts, self.tokenizer) for b, p in enumerate(prepared)])
+                    out.append(
+                        [to_detections(prompt, raw, b, p.loaded, opts, self.tokenizer) for b, p in enumerate(prepared)]
+                    )
         finally:
             model.train(was_training)
         return out
@@ -325,7 +341,9 @@ def as_image_list(images: Any) -> list[Any]:
         out = list(images.unbind(0))
     elif isinstance(images, np.ndarray) and images.ndim == 4:
         out = list(images)
-    elif isinstance(images, (str, Image.Image, np.ndarray, Tensor, LoadedImage, PreparedImage)) or hasattr(images, "__fspath__"):
+    elif isinstance(images, (str, Image.Image, np.ndarray, Tensor, LoadedImage, PreparedImage)) or hasattr(
+        images, "__fspath__"
+    ):
         out = [images]
     else:
         raise GdinoError(f"images must be an image or a list of images, got {type(images).__name__}")

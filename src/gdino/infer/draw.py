@@ -16,10 +16,26 @@ from gdino.core.detections import Detections
 
 #: Distinct colors (Okabe-Ito and Tableau-like hues), readable on photos.
 PALETTE = (
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
-    (213, 94, 0), (204, 121, 167), (255, 255, 255), (31, 119, 180), (255, 127, 14),
-    (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
-    (188, 189, 34), (23, 190, 207), (255, 99, 132), (54, 162, 235), (153, 102, 255),
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+    (255, 255, 255),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (188, 189, 34),
+    (23, 190, 207),
+    (255, 99, 132),
+    (54, 162, 235),
+    (153, 102, 255),
 )
 
 
@@ -109,6 +125,11 @@ def _draw_masks(canvas: Image.Image, detections: Detections, alpha: float) -> Im
         outline = m & ~inner
         thick = max(1, round(max(canvas.size) / 500))
         if thick > 1:
-            outline = np.asarray(Image.fromarray(outline.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * (thick // 2) + 1))) > 0
+            outline = (
+                np.asarray(
+                    Image.fromarray(outline.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * (thick // 2) + 1))
+                )
+                > 0
+            )
         out[outline] = color
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))

@@ -116,7 +116,7 @@ class DetectorWorker:
         logger.info("detector worker %d ready on %s", os.getpid(), spec.device)
 
     def name_of(self, path: str) -> str:
-        return path[len(self._prefix):] if self._prefix and path.startswith(self._prefix) else path
+        return path[len(self._prefix) :] if self._prefix and path.startswith(self._prefix) else path
 
     def _attempt(self, paths: list[str]) -> int:
         """Count one more attempt at this batch (1 for the first); 0 without ``attempts_dir``."""
@@ -135,8 +135,10 @@ class DetectorWorker:
         paths = [str(p) for p in batch["path"]]
         attempt = self._attempt(paths)
         if attempt > self.spec.max_attempts:
-            reason = (f"a worker died on each of {self.spec.max_attempts} attempts at the batch holding this image "
-                      "(out of memory? a crash while decoding?); not retried")
+            reason = (
+                f"a worker died on each of {self.spec.max_attempts} attempts at the batch holding this image "
+                "(out of memory? a crash while decoding?); not retried"
+            )
             logger.error("batch of %d images from %s: %s", len(paths), self.name_of(paths[0]), reason)
             return self.spec.sink([(p, self.name_of(p), None, f"{self.name_of(p)}: {reason}") for p in paths])
         errors: dict[str, str] = {}

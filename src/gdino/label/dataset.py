@@ -52,7 +52,11 @@ def error_record(name: str, error: str) -> dict[str, Any]:
 
 
 def coco_document(
-    names: Sequence[str], records: dict[str, dict[str, Any]], class_names: Sequence[str], image_root: str, job: dict[str, Any]
+    names: Sequence[str],
+    records: dict[str, dict[str, Any]],
+    class_names: Sequence[str],
+    image_root: str,
+    job: dict[str, Any],
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """The COCO document and the skipped list of the records of ``names`` (in that order)."""
     images: list[dict[str, Any]] = []

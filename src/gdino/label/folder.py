@@ -174,11 +174,18 @@ def label_folder(
     todo = [f for f in files if rel[f] not in journal.records]
 
     bar = tqdm(
-        total=len(files), initial=len(files) - len(todo), unit="img", desc="labeling",
-        disable=not progress, dynamic_ncols=True, smoothing=0.1,
+        total=len(files),
+        initial=len(files) - len(todo),
+        unit="img",
+        desc="labeling",
+        disable=not progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
     )
     try:
-        for (name, _), dets in detector.run(_loaded(detector, opts, prompt, todo, rel, journal, bar, workers), opts, segmenter):
+        for (name, _), dets in detector.run(
+            _loaded(detector, opts, prompt, todo, rel, journal, bar, workers), opts, segmenter
+        ):
             journal.add(detection_record(name, dets))
             summary.labeled += 1
             bar.update(1)
@@ -188,7 +195,9 @@ def label_folder(
 
     names = [rel[f] for f in files]
     summary.outputs = write_dataset(out, str(root.resolve()), names, journal.records, prompt.class_names, formats, job)
-    summary.skipped = [(r["file"], r["error"]) for r in (journal.records.get(rel[f]) for f in files) if r and "error" in r]
+    summary.skipped = [
+        (r["file"], r["error"]) for r in (journal.records.get(rel[f]) for f in files) if r and "error" in r
+    ]
     summary.detections = sum(len(r.get("detections", [])) for r in journal.records.values())
     summary.seconds = time.perf_counter() - start
     return summary
@@ -245,7 +254,16 @@ def _first_difference(old: Any, new: dict[str, Any]) -> str:
     return "unknown difference"
 
 
-def _loaded(detector: Detector, opts: DetectOptions, prompt, todo: list[Path], rel: dict[Path, str], journal: Journal, bar, workers: int) -> Iterator:
+def _loaded(
+    detector: Detector,
+    opts: DetectOptions,
+    prompt,
+    todo: list[Path],
+    rel: dict[Path, str],
+    journal: Journal,
+    bar,
+    workers: int,
+) -> Iterator:
     """Prepared images in order, loaded ahead by threads; unreadable ones go to the journal."""
 
     def load(path: Path):

@@ -60,7 +60,7 @@ def list_images(source: str | os.PathLike, exclude: Path | None = None) -> tuple
     base = base.rstrip("/")
     names = []
     for info in infos:
-        rel = info.path[len(base) + 1:]
+        rel = info.path[len(base) + 1 :]
         if info.type == pyarrow.fs.FileType.File and Path(rel).suffix.lower() in IMAGE_EXTENSIONS:
             if not any(part.startswith(".") for part in rel.split("/")):
                 names.append(rel)
@@ -120,9 +120,15 @@ def label_with_ray(
     summary = LabelSummary(total=len(names), resumed=len(names) - len(todo))
     if todo:
         spec = WorkerSpec(
-            weights=weights, device=worker_device(device, ray), options=opts.to_dict(), classes=tuple(classes),
-            sink=ShardWriter(str(shards.resolve())), root=root, threads=ray.cpus_per_worker,
-            segmenter_factory=segmenter_factory, attempts_dir=str((state / "attempts").resolve()),
+            weights=weights,
+            device=worker_device(device, ray),
+            options=opts.to_dict(),
+            classes=tuple(classes),
+            sink=ShardWriter(str(shards.resolve())),
+            root=root,
+            threads=ray.cpus_per_worker,
+            segmenter_factory=segmenter_factory,
+            attempts_dir=str((state / "attempts").resolve()),
         )
         started = connect(ray)
         try:
@@ -136,7 +142,9 @@ def label_with_ray(
     merge_start = time.perf_counter()
     records = read_shards(shards)
     # where file_name is relative to: a local path (also for file://), else the URI itself
-    image_root = root if not is_uri(source) or os.fspath(source).startswith("file://") else os.fspath(source).rstrip("/")
+    image_root = (
+        root if not is_uri(source) or os.fspath(source).startswith("file://") else os.fspath(source).rstrip("/")
+    )
     summary.outputs = write_dataset(out, image_root, names, records, class_names, formats, job)
     logger.info("merged %d records into the dataset in %.2f s", len(records), time.perf_counter() - merge_start)
     summary.skipped = [(r["file"], r["error"]) for r in (records.get(n) for n in names) if r and "error" in r]

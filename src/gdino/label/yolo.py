@@ -64,10 +64,14 @@ def write_yolo(
         rel = Path(img["file_name"])
         target = out / "labels" / SPLIT / rel.with_suffix(".txt")
         if target in seen:
-            logger.warning("YOLO labels of %s and %s share %s; the last one wins", seen[target], img["file_name"], target)
+            logger.warning(
+                "YOLO labels of %s and %s share %s; the last one wins", seen[target], img["file_name"], target
+            )
         seen[target] = img["file_name"]
         link_image(root / rel, out / "images" / SPLIT / rel)
-        atomic_write_text(target, "".join(line + "\n" for line in yolo_lines(img, by_image.get(img["id"], []))), fsync=False)
+        atomic_write_text(
+            target, "".join(line + "\n" for line in yolo_lines(img, by_image.get(img["id"], []))), fsync=False
+        )
     names = "".join(f"  {i}: {json.dumps(n, ensure_ascii=False)}\n" for i, n in enumerate(class_names))
     path = json.dumps(str(out.resolve()), ensure_ascii=False)  # a JSON string is a YAML string
     atomic_write_text(out / "data.yaml", f"path: {path}\ntrain: images/{SPLIT}\nval: images/{SPLIT}\nnames:\n{names}")

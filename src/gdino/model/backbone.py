@@ -119,7 +119,9 @@ class Mlp(nn.Module):
 class SwinBlock(nn.Module):
     """Pre-norm (shifted) window attention + MLP."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, shift: int, mlp_ratio: float, drop_path: float) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, window_size: int, shift: int, mlp_ratio: float, drop_path: float
+    ) -> None:
         super().__init__()
         self.window_size, self.shift = window_size, shift
         self.norm1 = nn.LayerNorm(dim)
@@ -185,8 +187,16 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
-                 drop_paths: list[float], downsample: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        drop_paths: list[float],
+        downsample: bool,
+    ) -> None:
         super().__init__()
         self.window_size = window_size
         self.shift = window_size // 2
@@ -205,7 +215,10 @@ class SwinStage(nn.Module):
             for block in cast(Iterable[SwinBlock], self.blocks):
                 x = block.forward_grid(x, mask, h, w)
             return x, self.downsample(x, h, w) if self.downsample is not None else None
-        index = {shift: window_index(h, w, ws, shift, x.device) for shift in {b.shift for b in cast(Iterable[SwinBlock], self.blocks)}}
+        index = {
+            shift: window_index(h, w, ws, shift, x.device)
+            for shift in {b.shift for b in cast(Iterable[SwinBlock], self.blocks)}
+        }
         for block in cast(Iterable[SwinBlock], self.blocks):
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, mask, index[block.shift], use_reentrant=False)
@@ -248,8 +261,15 @@ class SwinTransformer(nn.Module):
         start = 0
         for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
             self.layers.append(
-                SwinStage(cfg.embed_dim * 2**i, depth, heads, cfg.window_size, cfg.mlp_ratio,
-                          rates[start:start + depth], downsample=i < len(cfg.depths) - 1)
+                SwinStage(
+                    cfg.embed_dim * 2**i,
+                    depth,
+                    heads,
+                    cfg.window_size,
+                    cfg.mlp_ratio,
+                    rates[start : start + depth],
+                    downsample=i < len(cfg.depths) - 1,
+                )
             )
             start += depth
         for i in cfg.out_indices:

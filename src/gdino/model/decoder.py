@@ -122,7 +122,18 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             ref_input = ref[:, :, None] * ratios
             query_pos = self.ref_point_head(box_sine_embedding(ref_input[:, :, 0], d // 2).to(tgt.dtype))
-            args = (output, query_pos, ref_input, memory, padding, spatial_shapes, level_start_index, text, text_padding, blocked)
+            args = (
+                output,
+                query_pos,
+                ref_input,
+                memory,
+                padding,
+                spatial_shapes,
+                level_start_index,
+                text,
+                text_padding,
+                blocked,
+            )
             if self.use_checkpoint and self.training:
                 output = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
             else:

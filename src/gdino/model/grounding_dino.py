@@ -93,7 +93,8 @@ class GroundingDINO(nn.Module):
         self.bbox_embed = _heads(lambda: MLP(d, d, 4, 3), cfg.dec_layers, cfg.share_box_head)
         self.class_embed = _heads(
             lambda: ContrastiveHead(cfg.max_text_len, cfg.contrastive_scale, cfg.contrastive_bias),
-            cfg.dec_layers, cfg.share_class_head,
+            cfg.dec_layers,
+            cfg.share_class_head,
         )
         if cfg.calibrated_logits:
             self.logit_bias = nn.Parameter(torch.tensor(-math.log(99.0)))
@@ -162,7 +163,9 @@ class GroundingDINO(nn.Module):
             maps.append(self.input_proj[level](source))
         paddings = [F.interpolate(padding[None].float(), size=m.shape[-2:]).to(torch.bool)[0] for m in maps]
         d = self.config.hidden_dim
-        pos = [image_position_embedding(p, d // 2, self.config.pe_temperature).to(m.dtype) for p, m in zip(paddings, maps)]
+        pos = [
+            image_position_embedding(p, d // 2, self.config.pe_temperature).to(m.dtype) for p, m in zip(paddings, maps)
+        ]
         return ImageFeatures(maps=maps, padding=paddings, pos=pos)
 
     # ------------------------------------------------------------------ fusion, selection, decoding
@@ -190,13 +193,29 @@ class GroundingDINO(nn.Module):
         ratios = torch.stack([valid_ratios(p) for p in image.padding], 1)
         text_padding = ~text.token_mask
         memory, text_memory = tr.encoder(
-            src, pos, spatial_shapes, shapes, level_start_index, ratios, padding,
-            text.features, text_padding, text.self_attention_masks, text.position_ids,
+            src,
+            pos,
+            spatial_shapes,
+            shapes,
+            level_start_index,
+            ratios,
+            padding,
+            text.features,
+            text_padding,
+            text.self_attention_masks,
+            text.position_ids,
         )
         ref_logits, enc_logits, enc_boxes = select_queries(
-            memory, padding, shapes, text_memory, text.token_mask,
-            enc_output=tr.enc_output, enc_output_norm=tr.enc_output_norm,
-            enc_out_bbox_embed=tr.enc_out_bbox_embed, num_queries=cfg.num_queries, max_text_len=cfg.max_text_len,
+            memory,
+            padding,
+            shapes,
+            text_memory,
+            text.token_mask,
+            enc_output=tr.enc_output,
+            enc_output_norm=tr.enc_output_norm,
+            enc_out_bbox_embed=tr.enc_out_bbox_embed,
+            num_queries=cfg.num_queries,
+            max_text_len=cfg.max_text_len,
             class_head=tr.enc_out_class_embed,
         )
         content = tr.tgt_embed.weight[: ref_logits.shape[1]][None].expand(b, -1, -1)
@@ -206,13 +225,23 @@ class GroundingDINO(nn.Module):
             ref_logits = torch.cat((dn.ref_logits, ref_logits), 1)
             blocked = dn.attn_mask
         hs, refs = tr.decoder(
-            content, ref_logits, memory, padding, spatial_shapes, level_start_index, ratios,
-            text_memory, text_padding, self.bbox_embed, blocked,
+            content,
+            ref_logits,
+            memory,
+            padding,
+            spatial_shapes,
+            level_start_index,
+            ratios,
+            text_memory,
+            text_padding,
+            self.bbox_embed,
+            blocked,
         )
         eps = cfg.inverse_sigmoid_eps
         layer_logits = [per_layer(self.class_embed, i)(h, text_memory, text.token_mask) for i, h in enumerate(hs)]
         layer_boxes = [
-            (per_layer(self.bbox_embed, i)(h) + inverse_sigmoid(r, eps)).sigmoid() for i, (h, r) in enumerate(zip(hs, refs))
+            (per_layer(self.bbox_embed, i)(h) + inverse_sigmoid(r, eps)).sigmoid()
+            for i, (h, r) in enumerate(zip(hs, refs))
         ]
         if cfg.calibrated_logits:  # a monotone map: query selection's ranking is unchanged
             scale = cfg.hidden_dim**-0.5
@@ -229,8 +258,15 @@ class GroundingDINO(nn.Module):
         length = min(text.token_mask.shape[1], cfg.max_text_len)
         text_mask[:, :length] = text.token_mask[:, :length]
         return GroundingDINOOutput(
-            logits=layer_logits[-1], boxes=layer_boxes[-1], layer_logits=layer_logits, layer_boxes=layer_boxes,
-            enc_logits=enc_logits, enc_boxes=enc_boxes, text_mask=text_mask, dn_logits=dn_logits, dn_boxes=dn_boxes,
+            logits=layer_logits[-1],
+            boxes=layer_boxes[-1],
+            layer_logits=layer_logits,
+            layer_boxes=layer_boxes,
+            enc_logits=enc_logits,
+            enc_boxes=enc_boxes,
+            text_mask=text_mask,
+            dn_logits=dn_logits,
+            dn_boxes=dn_boxes,
         )
 
     def forward(

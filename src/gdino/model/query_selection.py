@@ -11,9 +11,7 @@ from torch import Tensor, nn
 from gdino.model.heads import contrastive_logits
 
 
-def encoder_proposals(
-    memory: Tensor, padding: Tensor, shapes: list[tuple[int, int]]
-) -> tuple[Tensor, Tensor]:
+def encoder_proposals(memory: Tensor, padding: Tensor, shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
     """One anchor per encoder token, in logit space, and the memory with invalid tokens zeroed.
 
     Args:
@@ -79,6 +77,7 @@ def select_queries(
     zeroed, proposals = encoder_proposals(memory, padding, shapes)
     out_memory = enc_output_norm(enc_output(zeroed))
     if class_head is None:
+
         def class_head(q: Tensor, t: Tensor, m: Tensor) -> Tensor:
             return contrastive_logits(q, t, m, max_text_len)
 

@@ -85,9 +85,7 @@ def scale_boxes(boxes: Tensor, width: float | Tensor, height: float | Tensor) ->
 def clip_boxes(boxes: Tensor, width: float, height: float) -> Tensor:
     """Clamp xyxy boxes to ``[0, width] x [0, height]``."""
     x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack(
-        (x0.clamp(0, width), y0.clamp(0, height), x1.clamp(0, width), y1.clamp(0, height)), dim=-1
-    )
+    return torch.stack((x0.clamp(0, width), y0.clamp(0, height), x1.clamp(0, width), y1.clamp(0, height)), dim=-1)
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:

@@ -38,6 +38,7 @@ for _size, _file in (("t", "tiny"), ("s", "small"), ("b+", "base_plus"), ("l", "
     _repo = "facebook/sam2.1-hiera-" + _file.replace("_", "-")
     HUB_FILES[f"sam2.1-hiera-{_size}"] = HubFile(_repo, f"sam2.1_hiera_{_file}.pt")
 
+
 def build_segmenter(
     name: str,
     weights: str | os.PathLike | None = None,
@@ -63,7 +64,6 @@ def build_segmenter(
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     if key.startswith("sam2"):
-
         import_sam2()  # missing package: say so before looking for weights
         path = resolve_weights(key, weights, HUB_FILES.get(key))
 

@@ -7,12 +7,27 @@ import difflib
 from gdino.errors import GdinoError
 
 #: every accepted segmenter name
-SEGMENTERS = ("sam-vit-b", "sam-vit-l", "sam-vit-h", "sam2.1-hiera-t", "sam2.1-hiera-s", "sam2.1-hiera-b+", "sam2.1-hiera-l", "sam-tiny")
+SEGMENTERS = (
+    "sam-vit-b",
+    "sam-vit-l",
+    "sam-vit-h",
+    "sam2.1-hiera-t",
+    "sam2.1-hiera-s",
+    "sam2.1-hiera-b+",
+    "sam2.1-hiera-l",
+    "sam-tiny",
+)
 
 _ALIASES = {
-    "vit-b": "sam-vit-b", "vit-l": "sam-vit-l", "vit-h": "sam-vit-h", "sam": "sam-vit-h", "sam2": "sam2.1-hiera-l",
-    "sam2.1-hiera-tiny": "sam2.1-hiera-t", "sam2.1-hiera-small": "sam2.1-hiera-s",
-    "sam2.1-hiera-base-plus": "sam2.1-hiera-b+", "sam2.1-hiera-large": "sam2.1-hiera-l",
+    "vit-b": "sam-vit-b",
+    "vit-l": "sam-vit-l",
+    "vit-h": "sam-vit-h",
+    "sam": "sam-vit-h",
+    "sam2": "sam2.1-hiera-l",
+    "sam2.1-hiera-tiny": "sam2.1-hiera-t",
+    "sam2.1-hiera-small": "sam2.1-hiera-s",
+    "sam2.1-hiera-base-plus": "sam2.1-hiera-b+",
+    "sam2.1-hiera-large": "sam2.1-hiera-l",
 }
 
 

@@ -61,7 +61,9 @@ def image_for(image: Any, detections: Detections) -> np.ndarray:
     arr = as_rgb_array(image)
     h, w = arr.shape[:2]
     if (w, h) != tuple(detections.image_size):
-        raise ValueError(f"image is {w}x{h} but the detections are for {detections.image_size[0]}x{detections.image_size[1]}")
+        raise ValueError(
+            f"image is {w}x{h} but the detections are for {detections.image_size[0]}x{detections.image_size[1]}"
+        )
     return arr
 
 

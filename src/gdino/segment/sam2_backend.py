@@ -61,7 +61,9 @@ class Sam2Segmenter:
         name: shown in messages.
     """
 
-    def __init__(self, model: SAM2Base, *, multimask: bool = False, dtype: torch.dtype = torch.float32, name: str = "sam2") -> None:
+    def __init__(
+        self, model: SAM2Base, *, multimask: bool = False, dtype: torch.dtype = torch.float32, name: str = "sam2"
+    ) -> None:
         import_sam2()
         from sam2.sam2_image_predictor import SAM2ImagePredictor  # optional ([sam2])
 
@@ -93,7 +95,9 @@ class Sam2Segmenter:
         return arr.shape[0], arr.shape[1]
 
     @torch.inference_mode()
-    def predict(self, xyxy: Tensor, original_size: tuple[int, int], multimask: bool | None = None) -> tuple[Tensor, Tensor]:
+    def predict(
+        self, xyxy: Tensor, original_size: tuple[int, int], multimask: bool | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Masks ``[N, H, W]`` bool and predicted IoU ``[N]`` for boxes of the last embedded image."""
         multimask = self.multimask if multimask is None else bool(multimask)
         h, w = original_size
@@ -101,7 +105,9 @@ class Sam2Segmenter:
             return torch.zeros(0, h, w, dtype=torch.bool), torch.zeros(0)
         p = self.predictor
         with self._precision():
-            _, _, _, boxes = p._prep_prompts(None, None, xyxy.reshape(-1, 4).float().cpu().numpy(), None, normalize_coords=True)
+            _, _, _, boxes = p._prep_prompts(
+                None, None, xyxy.reshape(-1, 4).float().cpu().numpy(), None, normalize_coords=True
+            )
             masks, iou, _ = p._predict(None, None, boxes, None, multimask_output=multimask)
         self.stats["decoder_calls"] += 1
         iou = iou.float()

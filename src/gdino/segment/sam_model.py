@@ -68,9 +68,17 @@ SAM_PRESETS: dict[str, SamConfig] = {
     "sam-vit-h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
     # a small random-weight model for tests and smoke runs (not a released checkpoint)
     "sam-tiny": SamConfig(
-        encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
-        image_size=256, window_size=4, prompt_embed_dim=32, decoder_heads=2, decoder_mlp_dim=64,
-        iou_head_hidden_dim=32, mask_in_chans=8,
+        encoder_embed_dim=64,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        image_size=256,
+        window_size=4,
+        prompt_embed_dim=32,
+        decoder_heads=2,
+        decoder_mlp_dim=64,
+        iou_head_hidden_dim=32,
+        mask_in_chans=8,
     ),
 }
 

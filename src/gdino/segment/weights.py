@@ -48,7 +48,9 @@ def resolve_weights(name: str, weights: str | os.PathLike | None, hub: HubFile |
         return path
     if hub is None:
         return None
-    return fetch(hub.repo_id, hub.filename, what=f"{name} weights", hint="or pass a local file with --segmenter-weights PATH")
+    return fetch(
+        hub.repo_id, hub.filename, what=f"{name} weights", hint="or pass a local file with --segmenter-weights PATH"
+    )
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -66,7 +68,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:

@@ -48,7 +48,8 @@ def create_app(config: ServeConfig | None = None, detector: Any = None, segmente
         await service.stop()  # uvicorn has already waited for the open requests
 
     app = FastAPI(
-        title="gdino", lifespan=lifespan,
+        title="gdino",
+        lifespan=lifespan,
         description="Grounding DINO detection and Grounded-SAM segmentation over HTTP, with server-side batching.",
     )
     app.state.service = service
@@ -73,7 +74,9 @@ def create_app(config: ServeConfig | None = None, detector: Any = None, segmente
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(problem_body(exc.status_code, str(exc.detail)), exc.status_code, headers=dict(exc.headers or {}))
+        return JSONResponse(
+            problem_body(exc.status_code, str(exc.detail)), exc.status_code, headers=dict(exc.headers or {})
+        )
 
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
@@ -84,7 +87,9 @@ def create_app(config: ServeConfig | None = None, detector: Any = None, segmente
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     if config.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
     return app
@@ -135,8 +140,11 @@ class Guard:
         try:
             if key is not None and needs_key(request) and not key_matches(request, key):
                 refusal = JSONResponse(
-                    problem_body(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')"),
-                    401, headers={"WWW-Authenticate": "Bearer"},
+                    problem_body(
+                        401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'X-API-Key: KEY')"
+                    ),
+                    401,
+                    headers={"WWW-Authenticate": "Bearer"},
                 )
                 await refusal(scope, receive, tracking)
             else:
@@ -184,7 +192,15 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(problem_body(413, self.message)).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -96,7 +96,8 @@ class Batcher:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             raise Problem(
-                429, f"too many requests: {self.config.queue_size} are already waiting; retry later",
+                429,
+                f"too many requests: {self.config.queue_size} are already waiting; retry later",
                 {"Retry-After": str(self.retry_after())},
             ) from None
         self.metrics.queue_depth.set(self.depth)

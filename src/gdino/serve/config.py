@@ -47,8 +47,15 @@ class ServeConfig:
     warmup: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "queue_size", "max_body_bytes", "max_pixels", "max_classes",
-                     "max_prompt_tokens", "max_image_size"):
+        for name in (
+            "max_batch",
+            "queue_size",
+            "max_body_bytes",
+            "max_pixels",
+            "max_classes",
+            "max_prompt_tokens",
+            "max_image_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise GdinoError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")

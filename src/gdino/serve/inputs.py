@@ -46,7 +46,8 @@ def read_image(data: bytes, name: str, max_pixels: int) -> LoadedImage:
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > max_pixels:
                 raise Problem(
-                    413, f"{name}: {img.width}x{img.height} = {img.width * img.height:,} pixels exceeds "
+                    413,
+                    f"{name}: {img.width}x{img.height} = {img.width * img.height:,} pixels exceeds "
                     f"the limit of {max_pixels:,} (possible decompression bomb)",
                 )
             img.load()

@@ -17,20 +17,28 @@ class Metrics:
             "gdino_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "gdino_request_seconds", "request latency (seconds)", ["route"], buckets=LATENCY_BUCKETS,
+            "gdino_request_seconds",
+            "request latency (seconds)",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "gdino_batch_size", "requests per forward pass", buckets=tuple(range(1, max_batch + 1)),
+            "gdino_batch_size",
+            "requests per forward pass",
+            buckets=tuple(range(1, max_batch + 1)),
             registry=self.registry,
         )
         self.forward_seconds = Histogram(
-            "gdino_forward_seconds", "seconds per batch (forward and decoding)", buckets=LATENCY_BUCKETS,
+            "gdino_forward_seconds",
+            "seconds per batch (forward and decoding)",
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.queue_depth = Gauge("gdino_queue_depth", "requests waiting for the model", registry=self.registry)
-        self.in_flight = Gauge("gdino_requests_in_flight", "requests being answered (/metrics excluded)",
-                               registry=self.registry)
+        self.in_flight = Gauge(
+            "gdino_requests_in_flight", "requests being answered (/metrics excluded)", registry=self.registry
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,10 +29,15 @@ def _detect_body_doc() -> dict[str, Any]:
     form = DetectForm.model_json_schema()
     form["properties"] = {"image": {"type": "string", "format": "binary"}, **form["properties"]}
     form["required"] = ["image"]
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": DetectJSON.model_json_schema()},
-        "multipart/form-data": {"schema": form},
-    }}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": DetectJSON.model_json_schema()},
+                "multipart/form-data": {"schema": form},
+            },
+        }
+    }
 
 
 async def _read_detect(request: Request, max_bytes: int) -> tuple[bytes, str, DetectJSON | DetectForm]:
@@ -68,7 +73,9 @@ async def _detect(request: Request, segment: bool) -> dict[str, Any]:
     return service.document(prompt, fields.prompt, opts, dets, segment)
 
 
-@router.post("/v1/detect", summary="Detect what a prompt names (the JSON of `gdino detect`)", openapi_extra=_detect_body_doc())
+@router.post(
+    "/v1/detect", summary="Detect what a prompt names (the JSON of `gdino detect`)", openapi_extra=_detect_body_doc()
+)
 async def detect(request: Request) -> dict[str, Any]:
     return await _detect(request, segment=False)
 
@@ -89,8 +96,11 @@ async def zero_shot(body: HFRequest, request: Request) -> list[dict[str, Any]]:
     _, _, dets = await service.detect(data, "inputs", fields)
     boxes = dets.xyxy.round().int().tolist()
     return [
-        {"label": dets.labels[i], "score": round(float(dets.scores[i]), 4),
-         "box": {"xmin": b[0], "ymin": b[1], "xmax": b[2], "ymax": b[3]}}
+        {
+            "label": dets.labels[i],
+            "score": round(float(dets.scores[i]), 4),
+            "box": {"xmin": b[0], "ymin": b[1], "xmax": b[2], "ymax": b[3]},
+        }
         for i, b in enumerate(boxes)
     ]
 

@@ -48,7 +48,9 @@ class Service:
         """Load the model (when not given), start the batcher, warm up; then ready."""
         try:
             if self.detector is None:
-                self.detector = await run_in_threadpool(Detector.from_pretrained, self.config.weights, self.config.device)
+                self.detector = await run_in_threadpool(
+                    Detector.from_pretrained, self.config.weights, self.config.device
+                )
             self.batcher = Batcher(self.detector, self.config, self.metrics, self.segmenter)
             await self.batcher.start()
             if self.config.warmup:
@@ -80,14 +82,18 @@ class Service:
             raise Problem(503, self.failure or "the model is still loading; see /readyz")
         return self.detector
 
-    async def detect(self, data: bytes, name: str, fields: DetectOptionsIn, segment: bool = False) -> tuple[Prompt, Any, Detections]:
+    async def detect(
+        self, data: bytes, name: str, fields: DetectOptionsIn, segment: bool = False
+    ) -> tuple[Prompt, Any, Detections]:
         """Check everything, queue the request, wait for its detections."""
         detector = self.require_ready()
         assert self.batcher is not None
         if segment and self.segmenter is None:
             raise Problem(501, "no segmenter configured: start the server with --segmenter NAME (e.g. sam-vit-b)")
         if fields.image_size is not None and fields.image_size > self.config.max_image_size:
-            raise Problem(400, f"image_size {fields.image_size} is over the server's limit of {self.config.max_image_size}")
+            raise Problem(
+                400, f"image_size {fields.image_size} is over the server's limit of {self.config.max_image_size}"
+            )
         prompt = build_prompt(detector, fields.prompt, fields.classes, self.config)
         overrides = {k: getattr(fields, k) for k in OPTION_FIELDS if getattr(fields, k) is not None}
         try:
@@ -99,7 +105,9 @@ class Service:
         dets = await self.batcher.submit(Item(prepared, prompt, opts), segment)
         return prompt, opts, dets
 
-    def document(self, prompt: Prompt, caption: str | None, opts: Any, dets: Detections, segment: bool) -> dict[str, Any]:
+    def document(
+        self, prompt: Prompt, caption: str | None, opts: Any, dets: Detections, segment: bool
+    ) -> dict[str, Any]:
         extra = {"segmenter": self.segmenter_name} if segment else None
         return result_document(self.config.weights, prompt, caption, opts, [dets], [], extra)
 
@@ -113,9 +121,12 @@ class Service:
             "defaults": self.detector.options.to_dict() if self.detector is not None else None,
             "batching": {"max_batch": c.max_batch, "max_wait_ms": c.max_wait_ms, "queue_size": c.queue_size},
             "limits": {
-                "max_body_bytes": c.max_body_bytes, "max_pixels": c.max_pixels, "max_classes": c.max_classes,
-                "max_prompt_tokens": c.max_prompt_tokens, "max_image_size": c.max_image_size, "timeout_s": c.timeout_s,
+                "max_body_bytes": c.max_body_bytes,
+                "max_pixels": c.max_pixels,
+                "max_classes": c.max_classes,
+                "max_prompt_tokens": c.max_prompt_tokens,
+                "max_image_size": c.max_image_size,
+                "timeout_s": c.timeout_s,
             },
             "api_key_required": c.api_key is not None,
         }
-

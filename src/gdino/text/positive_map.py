@@ -25,9 +25,7 @@ Span = tuple[int, int]
 SEGMENT_SPECIAL_IDS = (101, 102, 1012)
 
 
-def char_spans_to_token_spans(
-    tokenizer, caption: str, char_spans: Sequence[Span | Sequence[Span]]
-) -> list[list[int]]:
+def char_spans_to_token_spans(tokenizer, caption: str, char_spans: Sequence[Span | Sequence[Span]]) -> list[list[int]]:
     """Token indices covered by each character span of ``caption``.
 
     Args:
@@ -46,9 +44,7 @@ def char_spans_to_token_spans(
     return token_spans_from_encoding(tokenizer(caption), caption, char_spans)
 
 
-def token_spans_from_encoding(
-    enc, caption: str, char_spans: Sequence[Span | Sequence[Span]]
-) -> list[list[int]]:
+def token_spans_from_encoding(enc, caption: str, char_spans: Sequence[Span | Sequence[Span]]) -> list[list[int]]:
     """:func:`char_spans_to_token_spans` given ``enc = tokenizer(caption)`` (tokenize once)."""
     n = len(caption)
 
@@ -94,18 +90,14 @@ def positive_map(
         kept = [t for t in tokens if 0 <= t < max_text_len]
         if not kept:
             why = "has no tokens" if not tokens else f"starts past max_text_len={max_text_len}"
-            raise PromptError(
-                f"class {c} {why}: it cannot be detected; split the class list into several prompts"
-            )
+            raise PromptError(f"class {c} {why}: it cannot be detected; split the class list into several prompts")
         pm[c, kept] = 1.0
     if normalize:
         pm = pm / (pm.sum(-1, keepdim=True) + eps)
     return pm
 
 
-def phrase_segments(
-    input_ids: Tensor | Sequence[int], special_ids: Sequence[int] = SEGMENT_SPECIAL_IDS
-) -> list[Span]:
+def phrase_segments(input_ids: Tensor | Sequence[int], special_ids: Sequence[int] = SEGMENT_SPECIAL_IDS) -> list[Span]:
     """Token ranges ``(start, end)`` (end exclusive) between consecutive delimiters of one caption.
 
     ``end`` is the index of the delimiter that closes the phrase, so a token ``t`` belongs to

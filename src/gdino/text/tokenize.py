@@ -79,12 +79,8 @@ def tokenize(tokenizer, captions: Sequence[str], max_text_len: int = 256) -> Tok
     input_ids = enc["input_ids"].long()
     attention_mask = enc["attention_mask"].bool()
     token_type_ids = enc.get("token_type_ids")
-    token_type_ids = (
-        torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids.long()
-    )
-    masks, position_ids = sub_sentence_masks(
-        input_ids, attention_mask, special_token_ids(tokenizer)
-    )
+    token_type_ids = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids.long()
+    masks, position_ids = sub_sentence_masks(input_ids, attention_mask, special_token_ids(tokenizer))
 
     if input_ids.shape[1] > max_text_len:
         dropped = attention_mask[:, max_text_len:].sum(1).tolist()

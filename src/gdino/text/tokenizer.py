@@ -42,7 +42,9 @@ def default_tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> str | N
     """
     for repo_id in BERT_REPO_IDS:
         try:
-            found = try_to_load_from_cache(repo_id, "vocab.txt", cache_dir=None if cache_dir is None else os.fspath(cache_dir))
+            found = try_to_load_from_cache(
+                repo_id, "vocab.txt", cache_dir=None if cache_dir is None else os.fspath(cache_dir)
+            )
         except (OSError, ValueError) as e:  # unreadable or odd cache layout: treat as absent
             logger.debug("Hugging Face cache lookup for %s failed: %s", repo_id, e)
             continue
@@ -88,17 +90,11 @@ def _from_folder(folder: Path):
             return AutoTokenizer.from_pretrained(str(folder))
         except Exception as e:  # noqa: BLE001 - transformers/tokenizers raise many types here
             if not vocab.is_file():
-                raise CheckpointError(
-                    f"cannot load a tokenizer from {folder}: {first_line(e)}"
-                ) from e
-            logger.warning(
-                "tokenizer files in %s did not load (%s); using its vocab.txt", folder, e
-            )
+                raise CheckpointError(f"cannot load a tokenizer from {folder}: {first_line(e)}") from e
+            logger.warning("tokenizer files in %s did not load (%s); using its vocab.txt", folder, e)
     if vocab.is_file():
         return _from_vocab_file(vocab)
-    raise CheckpointError(
-        f"no tokenizer in {folder}: expected tokenizer.json, tokenizer_config.json or vocab.txt"
-    )
+    raise CheckpointError(f"no tokenizer in {folder}: expected tokenizer.json, tokenizer_config.json or vocab.txt")
 
 
 def _from_vocab_file(vocab: Path):
@@ -109,16 +105,12 @@ def _from_vocab_file(vocab: Path):
     try:
         return BertTokenizerFast(**{key: str(vocab)}, do_lower_case=True)
     except Exception as e:  # noqa: BLE001 - the Rust backend raises plain Exception
-        raise CheckpointError(
-            f"cannot read vocabulary {vocab}: {first_line(e)}"
-        ) from e
+        raise CheckpointError(f"cannot read vocabulary {vocab}: {first_line(e)}") from e
 
 
 def _check_vocab(tok, path: Path) -> None:
     if not getattr(tok, "is_fast", False):
-        raise CheckpointError(
-            f"tokenizer at {path} is not a fast (tokenizers-backed) tokenizer; offsets are needed"
-        )
+        raise CheckpointError(f"tokenizer at {path} is not a fast (tokenizers-backed) tokenizer; offsets are needed")
     vocab = tok.get_vocab()
     missing = [t for t in (*SPECIAL_TOKENS, "[PAD]") if t not in vocab]
     if missing:

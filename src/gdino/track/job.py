@@ -127,12 +127,20 @@ def track_video(
     if done:
         source.skip_to(done[-1]["frame"] + 1)
     if info.kind == "stream" and done:
-        raise GdinoError(f"{out} holds an earlier run of a live stream, which cannot be resumed; "
-                         "use --overwrite or another --out")
+        raise GdinoError(
+            f"{out} holds an earlier run of a live stream, which cannot be resumed; use --overwrite or another --out"
+        )
     total = _expected_frames(info.frames, settings)
     stopped = None
-    bar = tqdm(total=total, initial=len(done), unit="frame", desc="tracking", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=total,
+        initial=len(done),
+        unit="frame",
+        desc="tracking",
+        disable=not progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     try:
         for chunk in iter_chunks(detector, source, prompt, opts, settings, sam2=sam2, tracker=tracker):
             frames = [f.to_dict() for f in chunk.frames]
@@ -154,17 +162,31 @@ def track_video(
         journal.close()
     summary.warning = source.warning or stopped
     if not done:
-        raise InputVideoError(f"{video}: no frames to track" + ("" if settings.start == 0 else f" from frame {settings.start}"))
+        raise InputVideoError(
+            f"{video}: no frames to track" + ("" if settings.start == 0 else f" from frame {settings.start}")
+        )
 
-    header = {"video": job["video"], "width": info.width, "height": info.height, "fps": info.fps,
-              "tracking_mode": settings.mode, "classes": job["classes"], "settings": job}
+    header = {
+        "video": job["video"],
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "tracking_mode": settings.mode,
+        "classes": job["classes"],
+        "settings": job,
+    }
     if summary.warning:
         header["warning"] = summary.warning
     outputs = write_tracks(out, done, header)
     if draw:
         by_index = {f["frame"]: FrameTracks.from_dict(f, (info.width, info.height)) for f in done}
-        outputs.append(write_mp4(out / "tracks.mp4", annotated_frames(VideoSource(video, settings.frame_range), by_index),
-                                 info.fps / settings.stride))
+        outputs.append(
+            write_mp4(
+                out / "tracks.mp4",
+                annotated_frames(VideoSource(video, settings.frame_range), by_index),
+                info.fps / settings.stride,
+            )
+        )
     summary.outputs = [str(p) for p in outputs]
     summary.frames = len(done)
     summary.tracks = len({o["id"] for f in done for o in f["objects"]})
@@ -179,8 +201,9 @@ def _expected_frames(count: int | None, s: TrackSettings) -> int | None:
     return max(0, -(-(end - s.start) // s.stride))
 
 
-def _restored_tracker(settings: TrackSettings, chunks: list[dict[str, Any]], fps: float, sam2: Any,
-                      size: tuple[int, int]) -> BoxTracker | MaskTracker:
+def _restored_tracker(
+    settings: TrackSettings, chunks: list[dict[str, Any]], fps: float, sam2: Any, size: tuple[int, int]
+) -> BoxTracker | MaskTracker:
     """A tracker in the state the journaled chunks left it in."""
     if settings.mode == "boxes":
         tracker = BoxTracker(settings.bytetrack, fps=fps / settings.stride)
@@ -188,8 +211,10 @@ def _restored_tracker(settings: TrackSettings, chunks: list[dict[str, Any]], fps
             for frame, rec in zip(chunk["frames"], chunk["detections"]):
                 replayed = tracker.update(detections_from_record(rec, size))
                 if [o.track_id for o in replayed] != [o["id"] for o in frame["objects"]]:
-                    raise GdinoError("the journal does not replay to the same tracks (changed tracker version?); "
-                                     "use --overwrite to start over")
+                    raise GdinoError(
+                        "the journal does not replay to the same tracks (changed tracker version?); "
+                        "use --overwrite to start over"
+                    )
         return tracker
     masks = MaskTracker(video_predictor(sam2), settings.masks)
     if chunks:
@@ -210,9 +235,13 @@ def prepare_state(state: Path, job: dict[str, Any], overwrite: bool) -> None:
         except (OSError, json.JSONDecodeError):
             old = None
         if old != wanted:
-            key = next((k for k in sorted(set(old or {}) | set(wanted)) if (old or {}).get(k) != wanted.get(k)), "job.json")
-            raise GdinoError(f"{state.parent} holds a tracking job with other settings ({key} differs); "
-                             "use --overwrite to start over, or another --out")
+            key = next(
+                (k for k in sorted(set(old or {}) | set(wanted)) if (old or {}).get(k) != wanted.get(k)), "job.json"
+            )
+            raise GdinoError(
+                f"{state.parent} holds a tracking job with other settings ({key} differs); "
+                "use --overwrite to start over, or another --out"
+            )
         return
     state.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job_file, json.dumps(job, indent=2, ensure_ascii=False))

@@ -76,14 +76,19 @@ def import_video_predictor():
     return SAM2VideoPredictor
 
 
-def build_video_predictor(config_file: str, state_dict: dict[str, torch.Tensor], device: torch.device | str = "cpu",
-                          overrides: Sequence[str] = ()) -> torch.nn.Module:
+def build_video_predictor(
+    config_file: str,
+    state_dict: dict[str, torch.Tensor],
+    device: torch.device | str = "cpu",
+    overrides: Sequence[str] = (),
+) -> torch.nn.Module:
     """A ``SAM2VideoPredictor`` from the package's config with ``state_dict`` (strict: every key used)."""
     import_video_predictor()
     from sam2.build_sam import build_sam2_video_predictor  # lazy: an optional extra ([sam2])
 
-    model = build_sam2_video_predictor(config_file, ckpt_path=None, device="cpu", mode="eval",
-                                       hydra_overrides_extra=list(overrides))
+    model = build_sam2_video_predictor(
+        config_file, ckpt_path=None, device="cpu", mode="eval", hydra_overrides_extra=list(overrides)
+    )
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise GdinoError(f"SAM 2 video predictor weights: missing {len(missing)}, unexpected {len(unexpected)}")

@@ -68,11 +68,15 @@ class FrameRange:
 
     def __post_init__(self) -> None:
         if self.start < 0 or self.stride < 1 or (self.end is not None and self.end <= self.start):
-            raise GdinoError(f"bad frame range start={self.start} end={self.end} stride={self.stride}: "
-                             "need start >= 0, stride >= 1 and end > start")
+            raise GdinoError(
+                f"bad frame range start={self.start} end={self.end} stride={self.stride}: "
+                "need start >= 0, stride >= 1 and end > start"
+            )
 
     def wants(self, index: int) -> bool:
-        return index >= self.start and (index - self.start) % self.stride == 0 and (self.end is None or index < self.end)
+        return (
+            index >= self.start and (index - self.start) % self.stride == 0 and (self.end is None or index < self.end)
+        )
 
     def done(self, index: int) -> bool:
         return self.end is not None and index >= self.end

@@ -110,12 +110,17 @@ def detections_record(dets: Detections) -> dict[str, Any]:
 
 def detections_from_record(rec: dict[str, Any], size: tuple[int, int]) -> Detections:
     return Detections(
-        torch.tensor(rec["boxes"], dtype=torch.float32).reshape(-1, 4), torch.tensor(rec["scores"], dtype=torch.float32),
-        torch.tensor(rec["class_ids"], dtype=torch.long), rec["labels"], size,
+        torch.tensor(rec["boxes"], dtype=torch.float32).reshape(-1, 4),
+        torch.tensor(rec["scores"], dtype=torch.float32),
+        torch.tensor(rec["class_ids"], dtype=torch.long),
+        rec["labels"],
+        size,
     )
 
 
-def detect_frames(detector: Detector, frames: Iterator[Frame], prompt: Prompt, options: DetectOptions) -> Iterator[tuple[Frame, Detections]]:
+def detect_frames(
+    detector: Detector, frames: Iterator[Frame], prompt: Prompt, options: DetectOptions
+) -> Iterator[tuple[Frame, Detections]]:
     """``(frame, detections)`` in frame order (the detector batches ``options.batch_size`` frames)."""
     held: dict[int, Frame] = {}
     done: dict[int, Detections] = {}
@@ -133,14 +138,23 @@ def detect_frames(detector: Detector, frames: Iterator[Frame], prompt: Prompt, o
             expected += 1
 
 
-def boxes_chunks(detector: Detector, source: VideoSource, prompt: Prompt, options: DetectOptions,
-                 tracker: BoxTracker, chunk: int, keep_images: bool = False) -> Iterator[Chunk]:
+def boxes_chunks(
+    detector: Detector,
+    source: VideoSource,
+    prompt: Prompt,
+    options: DetectOptions,
+    tracker: BoxTracker,
+    chunk: int,
+    keep_images: bool = False,
+) -> Iterator[Chunk]:
     """Boxes mode, ``chunk`` processed frames at a time."""
     frames: list[FrameTracks] = []
     records: list[dict[str, Any]] = []
     for frame, dets in detect_frames(detector, iter(source), prompt, options):
         objects = tracker.update(dets)
-        frames.append(FrameTracks(frame.index, frame.time, frame.size, tuple(objects), frame.image if keep_images else None))
+        frames.append(
+            FrameTracks(frame.index, frame.time, frame.size, tuple(objects), frame.image if keep_images else None)
+        )
         records.append(detections_record(dets))
         if len(frames) >= chunk:
             yield Chunk(frames, records)
@@ -149,8 +163,14 @@ def boxes_chunks(detector: Detector, source: VideoSource, prompt: Prompt, option
         yield Chunk(frames, records)
 
 
-def masks_chunks(detector: Detector, source: VideoSource, prompt: Prompt, options: DetectOptions,
-                 tracker: MaskTracker, keep_images: bool = False) -> Iterator[Chunk]:
+def masks_chunks(
+    detector: Detector,
+    source: VideoSource,
+    prompt: Prompt,
+    options: DetectOptions,
+    tracker: MaskTracker,
+    keep_images: bool = False,
+) -> Iterator[Chunk]:
     """Masks mode, one window of ``detect_every`` processed frames at a time."""
     window: list[Frame] = []
 
@@ -214,7 +234,9 @@ def track(
         bytetrack, masks: the trackers' settings.
         keep_images: put each frame's pixels in ``FrameTracks.image`` (for drawing).
     """
-    settings = TrackSettings(mode, start, end, stride, bytetrack=bytetrack or ByteTrackSettings(), masks=masks or MaskSettings())
+    settings = TrackSettings(
+        mode, start, end, stride, bytetrack=bytetrack or ByteTrackSettings(), masks=masks or MaskSettings()
+    )
     opts = detector.resolve(options, overrides)
     prompt = detector.prompt(prompt_or_classes)
     source = VideoSource(video, settings.frame_range)
@@ -224,8 +246,17 @@ def track(
         logger.warning("%s: %s", video, source.warning)
 
 
-def iter_chunks(detector: Detector, source: VideoSource, prompt: Prompt, options: DetectOptions, settings: TrackSettings,
-                *, sam2: Any = None, tracker: BoxTracker | MaskTracker | None = None, keep_images: bool = False) -> Iterator[Chunk]:
+def iter_chunks(
+    detector: Detector,
+    source: VideoSource,
+    prompt: Prompt,
+    options: DetectOptions,
+    settings: TrackSettings,
+    *,
+    sam2: Any = None,
+    tracker: BoxTracker | MaskTracker | None = None,
+    keep_images: bool = False,
+) -> Iterator[Chunk]:
     """Chunks of tracked frames from ``source`` with a fresh tracker (or ``tracker``, to continue one)."""
     if settings.mode == "boxes":
         if tracker is None:

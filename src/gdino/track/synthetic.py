@@ -65,7 +65,9 @@ class VideoSpec:
         if self.frames < 1 or self.width < 32 or self.height < 32 or self.fps <= 0:
             raise GdinoError("need frames >= 1, width and height >= 32 and fps > 0")
         if not 1 <= self.objects <= min(len(self.colors), len(self.shapes)) * len(self.textures):
-            raise GdinoError(f"objects must be between 1 and {min(len(self.colors), len(self.shapes)) * len(self.textures)}")
+            raise GdinoError(
+                f"objects must be between 1 and {min(len(self.colors), len(self.shapes)) * len(self.textures)}"
+            )
         if not 4 <= self.min_side <= self.max_side < min(self.width, self.height):
             raise GdinoError("need 4 <= min_side <= max_side < the frame's shorter side")
 
@@ -221,8 +223,15 @@ def generate_video(spec: VideoSpec, out: str | Path, *, frames_folder: bool = Fa
     else:
         video = write_mp4(out / "video.mp4", images(), spec.fps)
     atomic_write_text(out / "gt.txt", "".join(line + "\n" for line in lines))
-    meta = {"video": video.name, "classes": names, "width": spec.width // 2 * 2, "height": spec.height // 2 * 2,
-            "fps": spec.fps, "frames": spec.frames, "spec": asdict(spec)}
+    meta = {
+        "video": video.name,
+        "classes": names,
+        "width": spec.width // 2 * 2,
+        "height": spec.height // 2 * 2,
+        "fps": spec.fps,
+        "frames": spec.frames,
+        "spec": asdict(spec),
+    }
     write_json(out / "meta.json", meta)
     return meta
 

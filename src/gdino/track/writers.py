@@ -23,7 +23,9 @@ def track_summaries(frames: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     tracks: dict[int, dict[str, Any]] = {}
     for f in frames:
         for o in f["objects"]:
-            t = tracks.setdefault(o["id"], {"id": o["id"], "label": o["label"], "first_frame": f["frame"], "frames": 0, "_s": 0.0})
+            t = tracks.setdefault(
+                o["id"], {"id": o["id"], "label": o["label"], "first_frame": f["frame"], "frames": 0, "_s": 0.0}
+            )
             t["last_frame"] = f["frame"]
             t["label"] = o["label"]
             t["frames"] += 1
@@ -47,7 +49,9 @@ def mot_lines(frames: Iterable[dict[str, Any]]) -> list[str]:
     for f in frames:
         for o in f["objects"]:
             x0, y0, x1, y1 = o["box"]
-            lines.append(f"{f['frame'] + 1},{o['id']},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},{o['score']:.5f},-1,-1,-1")
+            lines.append(
+                f"{f['frame'] + 1},{o['id']},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},{o['score']:.5f},-1,-1,-1"
+            )
     return lines
 
 

@@ -104,7 +104,10 @@ def _swin_route(rest: str, v5: bool) -> Route:
     if m:
         return rename(f"{SWIN}.hidden_states_norms.stage{int(m.group(1)) + 1}.{m.group(2)}")
     if rest.startswith("patch_embed."):
-        return rename(f"{base}.embeddings." + rest.replace("patch_embed.proj", "patch_embeddings.projection").removeprefix("patch_embed."))
+        return rename(
+            f"{base}.embeddings."
+            + rest.replace("patch_embed.proj", "patch_embeddings.projection").removeprefix("patch_embed.")
+        )
     m = re.fullmatch(r"layers\.(\d+)\.blocks\.(\d+)\.(.*)", rest)
     if m is None:  # layers.{s}.downsample.*
         return rename(f"{base}.encoder.{rest}")
@@ -131,7 +134,7 @@ def _swin_route(rest: str, v5: bool) -> Route:
 def route(key: str, dec_layers: int, v5: bool = False) -> Route:
     """HF key(s) holding gdino's ``key``."""
     if key.startswith("backbone."):
-        return _swin_route(key[len("backbone."):], v5)
+        return _swin_route(key[len("backbone.") :], v5)
     m = re.fullmatch(r"(bbox_embed|class_embed)\.(\d+\.)?(.*)", key)
     if m:  # a head shared by all decoder layers (every copy must be equal), or layer i's own
         head, layer, rest = m.groups()
@@ -201,7 +204,9 @@ def layers_differ(state: Mapping[str, Tensor], head: str) -> bool:
                 first[m.group(3)] = value
             else:
                 others.append((m.group(3), value))
-    return any(rest not in first or first[rest].shape != v.shape or not torch.equal(first[rest], v) for rest, v in others)
+    return any(
+        rest not in first or first[rest].shape != v.shape or not torch.equal(first[rest], v) for rest, v in others
+    )
 
 
 # ---------------------------------------------------------------------------------------- files
@@ -258,7 +263,9 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"cannot read {path} (truncated or not a safetensors file): {first_line(e)}") from None
 
 
-def write_folder(state: Mapping[str, Tensor], config: GroundingDINOConfig, folder: str | os.PathLike, tokenizer: Any = None) -> None:
+def write_folder(
+    state: Mapping[str, Tensor], config: GroundingDINOConfig, folder: str | os.PathLike, tokenizer: Any = None
+) -> None:
     """Write config.json, model.safetensors (4.x names), preprocessor and tokenizer files.
 
     BERT's pooler, when the model has one, is kept (transformers reports it as unused); Swin's

@@ -84,10 +84,21 @@ def config_from_hf(
     )
     td = TextEncoderConfig()
     text = TextEncoderConfig(
-        **{f: tx.get(f, getattr(td, f)) for f in (
-            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "hidden_act", "pad_token_id",
-        )},
+        **{
+            f: tx.get(f, getattr(td, f))
+            for f in (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+                "type_vocab_size",
+                "layer_norm_eps",
+                "hidden_act",
+                "pad_token_id",
+            )
+        },
         with_pooler=with_pooler,
     )
     gd = GroundingDINOConfig()
@@ -140,7 +151,9 @@ def config_to_hf(cfg: GroundingDINOConfig) -> dict[str, Any]:
             "Hugging Face model (only the original and MM-Grounding-DINO's); save as gdino .safetensors"
         )
     if not mm and not cfg.share_class_head:
-        raise CheckpointError(f"{cfg.name}: per-layer class heads need the MM-Grounding-DINO head variant in the HF layout")
+        raise CheckpointError(
+            f"{cfg.name}: per-layer class heads need the MM-Grounding-DINO head variant in the HF layout"
+        )
     stages = len(bb.depths)
     return {
         "architectures": ["MMGroundingDinoForObjectDetection" if mm else "GroundingDinoForObjectDetection"],
@@ -163,10 +176,21 @@ def config_to_hf(cfg: GroundingDINOConfig) -> dict[str, Any]:
         },
         "text_config": {
             "model_type": "bert",
-            **{f: getattr(tx, f) for f in (
-                "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "hidden_act", "pad_token_id",
-            )},
+            **{
+                f: getattr(tx, f)
+                for f in (
+                    "vocab_size",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "max_position_embeddings",
+                    "type_vocab_size",
+                    "layer_norm_eps",
+                    "hidden_act",
+                    "pad_token_id",
+                )
+            },
         },
         "d_model": cfg.hidden_dim,
         "num_queries": cfg.num_queries,

@@ -120,7 +120,12 @@ def save_mmdet(model: GroundingDINO, path: str | os.PathLike) -> None:
     mmdet.write_pth(scatter(state, mmdet.routes(list(state), model.config)), model.config, path)
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, fmt: str | None = None, config: GroundingDINOConfig | str | None = None) -> str:
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    fmt: str | None = None,
+    config: GroundingDINOConfig | str | None = None,
+) -> str:
     """Convert weights between the formats; returns the format written (``fmt`` or guessed from ``dst``)."""
     fmt = fmt or guess_format(dst)
     if fmt not in FORMATS:
@@ -167,9 +172,7 @@ def read_checkpoint(weights: str | os.PathLike, config: GroundingDINOConfig | st
         return _read_hf(hub.resolve(text), override, origin=text)
     if os.sep in text or "/" in text or p.suffix.lower() in _OFFICIAL_SUFFIXES | {".safetensors"}:
         raise CheckpointError(f"checkpoint not found: {p}")
-    raise CheckpointError(
-        f"unknown weights {text!r}: not a file or folder, and not one of {', '.join(hub.MODELS)}"
-    )
+    raise CheckpointError(f"unknown weights {text!r}: not a file or folder, and not one of {', '.join(hub.MODELS)}")
 
 
 def _read_official(path: Path, override: GroundingDINOConfig | None) -> Checkpoint:
@@ -190,8 +193,13 @@ def _read_official(path: Path, override: GroundingDINOConfig | None) -> Checkpoi
         cfg = _infer_config(state, origin, native_names)
     dirs = [path.parent / "bert-base-uncased", path.parent / "tokenizer", path.parent]
     return Checkpoint(
-        state, cfg, lambda keys, c: official.routes(keys, c, native_names), official.allowed_leftover,
-        origin, "official", dirs,
+        state,
+        cfg,
+        lambda keys, c: official.routes(keys, c, native_names),
+        official.allowed_leftover,
+        origin,
+        "official",
+        dirs,
     )
 
 
@@ -210,7 +218,13 @@ def _read_mmdet(
         cfg = mmdet.infer_config(state, origin, PRESETS)
     dirs = [path.parent / "bert-base-uncased", path.parent / "tokenizer", path.parent]
     return Checkpoint(
-        mmdet.to_official_values(state), cfg, mmdet.routes, mmdet.allowed_leftover, origin, "mmdet", dirs,
+        mmdet.to_official_values(state),
+        cfg,
+        mmdet.routes,
+        mmdet.allowed_leftover,
+        origin,
+        "mmdet",
+        dirs,
     )
 
 
@@ -218,12 +232,21 @@ def _read_hf(folder: Path, override: GroundingDINOConfig | None, origin: str | N
     origin = origin or str(folder)
     state, data = hf.read_folder(folder)
     cfg = override or config_from_hf(
-        data, origin, with_pooler=hf.has_pooler(state), per_layer_boxes=hf.layers_differ(state, "bbox_embed"),
+        data,
+        origin,
+        with_pooler=hf.has_pooler(state),
+        per_layer_boxes=hf.layers_differ(state, "bbox_embed"),
         per_layer_classes=hf.layers_differ(state, "class_embed"),
     )
     v5 = hf.uses_v5_names(state)
     return Checkpoint(
-        state, cfg, lambda keys, c: hf.routes(keys, c, v5), hf.allowed_leftover, origin, "hf", [folder],
+        state,
+        cfg,
+        lambda keys, c: hf.routes(keys, c, v5),
+        hf.allowed_leftover,
+        origin,
+        "hf",
+        [folder],
     )
 
 
@@ -231,8 +254,14 @@ def _read_native(path: Path, override: GroundingDINOConfig | None) -> Checkpoint
     state, cfg, vocab = native.read(path)
     dirs = [path.with_suffix(""), path.parent / "tokenizer", path.parent]
     return Checkpoint(
-        state, override or cfg, lambda keys, c: {k: Route((k,)) for k in keys}, lambda k: False,
-        str(path), "gdino", dirs, vocab,
+        state,
+        override or cfg,
+        lambda keys, c: {k: Route((k,)) for k in keys},
+        lambda k: False,
+        str(path),
+        "gdino",
+        dirs,
+        vocab,
     )
 
 

@@ -29,11 +29,18 @@ _CONFIG = "gdino_config"
 _VOCAB = "gdino_vocab"
 
 
-def write(state: Mapping[str, Tensor], config: GroundingDINOConfig, path: str | os.PathLike, tokenizer: Any = None) -> None:
+def write(
+    state: Mapping[str, Tensor], config: GroundingDINOConfig, path: str | os.PathLike, tokenizer: Any = None
+) -> None:
     """Save tensors + config (+ the tokenizer's WordPiece vocabulary, when it has one) to ``path``."""
 
     p = Path(path)
-    metadata = {"format": "pt", "gdino_format": FORMAT, "gdino_version": __version__, _CONFIG: json.dumps(config.to_dict())}
+    metadata = {
+        "format": "pt",
+        "gdino_format": FORMAT,
+        "gdino_version": __version__,
+        _CONFIG: json.dumps(config.to_dict()),
+    }
     vocab = vocab_text(tokenizer) if tokenizer is not None else None
     if vocab is not None:
         metadata[_VOCAB] = vocab

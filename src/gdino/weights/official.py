@@ -111,9 +111,9 @@ def routes(gdino_keys: Iterable[str], config: GroundingDINOConfig, native: bool 
         if native:
             out[key] = rename(key)
         elif key.startswith("backbone."):
-            out[key] = rename("backbone.0." + key[len("backbone."):])
+            out[key] = rename("backbone.0." + key[len("backbone.") :])
         elif key.startswith("bbox_embed."):
-            rest = key[len("bbox_embed."):]
+            rest = key[len("bbox_embed.") :]
             copies = [f"bbox_embed.{n}.{rest}" for n in range(config.dec_layers)]
             copies += [f"transformer.decoder.bbox_embed.{n}.{rest}" for n in range(config.dec_layers)]
             out[key] = Route(tuple(copies), "alias", write_all=True)
@@ -155,4 +155,4 @@ def _safe_globals():
 
 
 def _strip_module(key: str) -> str:
-    return key[len("module."):] if key.startswith("module.") else key
+    return key[len("module.") :] if key.startswith("module.") else key

@@ -117,7 +117,11 @@ def scatter(state: Mapping[str, Tensor], routes: Mapping[str, Route]) -> dict[st
 def describe(missing: Iterable[str], unexpected: Iterable[str], mismatched: Iterable[str]) -> str:
     """``missing 3 (a, b, c); unexpected 1 (x); shape mismatch 1 (k (2, 3) vs expected (4, 3))``."""
     parts = []
-    for label, items in (("missing", list(missing)), ("unexpected", list(unexpected)), ("shape mismatch", list(mismatched))):
+    for label, items in (
+        ("missing", list(missing)),
+        ("unexpected", list(unexpected)),
+        ("shape mismatch", list(mismatched)),
+    ):
         if items:
             shown = ", ".join(items[:SHOWN]) + (", ..." if len(items) > SHOWN else "")
             parts.append(f"{label} {len(items)} ({shown})")
