@@ -64,8 +64,8 @@ def test_decoding_options_differ_within_a_batch(detector, photos):
 
 
 def test_pad_text_masks_padding(detector):
-    a = detector._encode_text("a cat .")[1]
-    b = detector._encode_text("a cat . a remote control . a sofa .")[1]
+    a = detector.encode_text("a cat .")[1]
+    b = detector.encode_text("a cat . a remote control . a sofa .")[1]
     t = pad_text([a, b])
     n = a.features.shape[1]
     assert t.features.shape[:2] == (2, b.features.shape[1])

@@ -289,12 +289,12 @@ class Detector:
         model.eval()
         try:
             with torch.inference_mode(), autocast(self.device, opts.torch_dtype):
-                image_features = self._encode_images(prepared)
+                image_features = self.encode_images(prepared)
                 out = []
                 for prompt in prompts:
                     raw: list[RawChunk] = []
                     for chunk in prompt.chunks:
-                        input_ids, text = self._encode_text(chunk.caption)
+                        input_ids, text = self.encode_text(chunk.caption)
                         res = model.forward_features(image_features, text.expand(len(prepared)))
                         self.stats["forwards"] += 1
                         raw.append((res.logits.float().cpu(), res.boxes.float().cpu(), input_ids))
@@ -305,7 +305,9 @@ class Detector:
             model.train(was_training)
         return out
 
-    def _encode_text(self, caption: str) -> tuple[list[int], Any]:
+    def encode_text(self, caption: str) -> tuple[list[int], Any]:
+        """``(input ids, TextFeatures)`` of one caption chunk, from the text cache when seen before
+        (public for batchers that build their own forwards, e.g. ``gdino.serve``)."""
         hit = self._text_cache.get(caption)
         if hit is not None:
             return hit
@@ -316,7 +318,8 @@ class Detector:
         self._text_cache.put(caption, entry)
         return entry
 
-    def _encode_images(self, prepared: list[PreparedImage]) -> Any:
+    def encode_images(self, prepared: list[PreparedImage]) -> Any:
+        """ImageFeatures of equal-size prepared images (the image cache is used when enabled)."""
         keys = None
         if self._image_cache.size > 0:
             keys = [pixels_key(p.pixels) for p in prepared]

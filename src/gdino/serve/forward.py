@@ -54,8 +54,8 @@ def detect_mixed(detector: Detector, items: Sequence[Item]) -> list[Detections]:
     model.eval()
     try:
         with torch.inference_mode(), autocast(detector.device, items[0].options.torch_dtype):
-            images = detector._encode_images([it.prepared for it in items])  # noqa: SLF001 - shares the detector's image cache
-            encoded = [detector._encode_text(caption) for _, caption in rows]  # noqa: SLF001 - and its text cache
+            images = detector.encode_images([it.prepared for it in items])  # the detector's image cache
+            encoded = [detector.encode_text(caption) for _, caption in rows]  # and its text cache
             index = [i for i, _ in rows]
             image_rows = images if index == list(range(len(items))) else images.select(index)
             text = pad_text([features for _, features in encoded])
