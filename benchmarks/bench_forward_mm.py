@@ -158,7 +158,7 @@ def main() -> None:
                     ]
                     subprocess.run(cmd, check=True, env=env)
                     res[impl] = json.loads(Path(out).read_text())
-                    res[impl]["out"] = torch.load(out + ".pt")
+                    res[impl]["out"] = torch.load(out + ".pt", weights_only=True)
                 a, b = res["gdino"]["out"], res["transformers"]["out"]
                 box_diff = (a["boxes"] - b["boxes"]).abs().max().item()
                 logit_diff = (a["logits"] - b["logits"]).abs().max().item()

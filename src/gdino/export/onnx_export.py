@@ -137,7 +137,8 @@ def export_graph(
     try:
         with torch.no_grad():
             # guards that sympy cannot prove for every size (e.g. "a padded size >= the size") become
-            # runtime assertions instead of failing the export or fixing the size
+            # runtime assertions instead of failing the export or fixing the size; strict=False is
+            # torch.export's non-strict tracing mode (no TorchDynamo), not checkpoint loading
             exported = torch.export.export(
                 graph, args, dynamic_shapes=shapes, strict=False, prefer_deferred_runtime_asserts_over_guards=True
             )
