@@ -31,16 +31,32 @@ def _outputs(logits: Tensor, boxes: Tensor, length: int) -> tuple[Tensor, Tensor
     return logits[..., :length].float(), boxes.float()
 
 
-class DetectionGraph(nn.Module):
-    """The whole detector: tokenized text + padded pixels -> ``logits [B,Q,L]``, ``boxes [B,Q,4]``."""
+class _Graph(nn.Module):
+    """A tensors-only wrapper of the model whose ``forward`` arguments are the ONNX input names."""
 
-    inputs: tuple[str, ...] = INPUT_NAMES
-    outputs: tuple[str, ...] = OUTPUT_NAMES
     model: GroundingDINO
 
     def __init__(self, model: GroundingDINO) -> None:
         super().__init__()
         self.model = model
+
+
+def _tokenized(
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    token_type_ids: Tensor,
+    position_ids: Tensor,
+    self_attention_masks: Tensor,
+) -> TokenizedText:
+    """The graph's int64 text inputs as the model's :class:`TokenizedText` (masks as bool)."""
+    return TokenizedText(input_ids, attention_mask.bool(), token_type_ids, position_ids, self_attention_masks.bool())
+
+
+class DetectionGraph(_Graph):
+    """The whole detector: tokenized text + padded pixels -> ``logits [B,Q,L]``, ``boxes [B,Q,4]``."""
+
+    inputs: tuple[str, ...] = INPUT_NAMES
+    outputs: tuple[str, ...] = OUTPUT_NAMES
 
     def forward(
         self,
@@ -53,23 +69,16 @@ class DetectionGraph(nn.Module):
         pixel_mask: Tensor,
     ) -> tuple[Tensor, Tensor]:
         torch._check(pixel_values.shape[0] == input_ids.shape[0])  # one prompt per image (one symbol for tracing)
-        text = TokenizedText(
-            input_ids, attention_mask.bool(), token_type_ids, position_ids, self_attention_masks.bool()
-        )
+        text = _tokenized(input_ids, attention_mask, token_type_ids, position_ids, self_attention_masks)
         out = self.model(pixel_values.to(self.model.dtype), text, pixel_mask.bool())
         return _outputs(out.logits, out.boxes, input_ids.shape[1])
 
 
-class TextGraph(nn.Module):
+class TextGraph(_Graph):
     """The text half: tokenized text -> ``text_features [B,L,d]`` (BERT + ``feat_map``), cacheable per prompt."""
 
     inputs: tuple[str, ...] = TEXT_INPUTS
     outputs: tuple[str, ...] = TEXT_OUTPUTS
-    model: GroundingDINO
-
-    def __init__(self, model: GroundingDINO) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(
         self,
@@ -79,22 +88,15 @@ class TextGraph(nn.Module):
         position_ids: Tensor,
         self_attention_masks: Tensor,
     ) -> Tensor:
-        text = TokenizedText(
-            input_ids, attention_mask.bool(), token_type_ids, position_ids, self_attention_masks.bool()
-        )
+        text = _tokenized(input_ids, attention_mask, token_type_ids, position_ids, self_attention_masks)
         return self.model.encode_text(text).features.float()
 
 
-class FeaturesGraph(nn.Module):
+class FeaturesGraph(_Graph):
     """The rest: ``text_features`` (+ the text masks) and pixels -> ``logits``, ``boxes``."""
 
     inputs: tuple[str, ...] = FEATURES_INPUTS
     outputs: tuple[str, ...] = OUTPUT_NAMES
-    model: GroundingDINO
-
-    def __init__(self, model: GroundingDINO) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(
         self,
