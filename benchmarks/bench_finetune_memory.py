@@ -1,7 +1,8 @@
 """Peak memory and step time of fine-tuning a Swin-T Grounding DINO, per batch size, AMP and
 gradient checkpointing: the table for picking a batch size.
 
-Each configuration runs in its own subprocess: the ``coco-finetune`` preset's model (random init of
+On the CPU each configuration runs in its own subprocess (on CUDA in one process, the allocator's
+peak reset per configuration): the ``coco-finetune`` preset's model (random init of
 the released shape, everything trained, AdamW), synthetic batches of ``--size`` square images with
 three boxes each, denoising on; ``--warmup`` steps, then ``--steps`` timed ones. Memory: on CUDA
 ``torch.cuda.max_memory_allocated`` over the timed steps; on CPU the peak resident set (VmHWM,
@@ -107,6 +108,22 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
+def in_process(args: argparse.Namespace, batch: int, amp: str, checkpointing: bool) -> dict:
+    """One CUDA configuration in this process: the allocator's peak is reset per run, and what the
+    last run allocated is freed first, so the runs do not see each other (unlike RSS on the CPU)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    one = argparse.Namespace(**{**vars(args), "batch": batch, "amp": amp, "checkpointing": checkpointing})
+    try:
+        return worker(one)
+    except torch.OutOfMemoryError:
+        return {"batch": batch, "amp": amp, "checkpointing": checkpointing, "error": "out of memory"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
@@ -147,6 +164,11 @@ def main() -> int:
                     "--threads",
                     str(args.threads),
                 ] + (["--checkpointing"] if ckpt else [])
+                if args.device.startswith("cuda"):
+                    row = in_process(args, batch, amp, ckpt)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                    continue
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     row = {

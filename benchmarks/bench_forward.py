@@ -178,9 +178,9 @@ def _build_transformers(vocab: str):
         out = model(
             pixel_values=pixel_values,
             pixel_mask=torch.ones((b, h, w), dtype=torch.long, device=pixel_values.device),
-            input_ids=enc["input_ids"].to(pixel_values.device),
-            attention_mask=enc["attention_mask"].to(pixel_values.device),
-            token_type_ids=torch.zeros_like(enc["input_ids"]).to(pixel_values.device),
+            input_ids=enc["input_ids"].expand(b, -1).to(pixel_values.device),
+            attention_mask=enc["attention_mask"].expand(b, -1).to(pixel_values.device),
+            token_type_ids=torch.zeros_like(enc["input_ids"]).expand(b, -1).to(pixel_values.device),
         )
         n = enc["input_ids"].shape[1]
         return out.logits[0, :, :n], out.pred_boxes[0]

@@ -98,7 +98,8 @@ def percentile(values: list[float], q: float) -> float:
 def run_one(args: argparse.Namespace, weights: Path, max_batch: int, image: bytes) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(args.threads)}
+    path = os.pathsep.join([str(ROOT / "src")] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(args.threads)}
     cmd = [
         sys.executable,
         "-m",
@@ -107,7 +108,9 @@ def run_one(args: argparse.Namespace, weights: Path, max_batch: int, image: byte
         "--weights",
         str(weights),
         "--device",
-        "cpu",
+        args.device,
+        "--dtype",
+        args.dtype,
         "--port",
         str(port),
         "--max-batch",
@@ -221,6 +224,8 @@ def main() -> None:
     p.add_argument("--warmup-seconds", type=float, default=5.0, help="unmeasured load before the measurement")
     p.add_argument("--rounds", type=int, default=1, help="repeat the --max-batch comparison, interleaved")
     p.add_argument("--threads", type=int, default=1, help="the server's intra-op threads (OMP_NUM_THREADS)")
+    p.add_argument("--device", default="cpu", help="the server's device (cpu, cuda)")
+    p.add_argument("--dtype", default="fp32", help="the server's dtype (fp32, fp16, bf16)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args()
     image = photo_jpeg()
@@ -233,7 +238,10 @@ def main() -> None:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     load = os.getloadavg()
     print(f"\nnproc={os.cpu_count()} load average={load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    print(f"server threads={args.threads}, max-wait-ms={args.max_wait_ms:g}, warm-up {args.warmup_seconds:g} s")
+    print(
+        f"server device={args.device} dtype={args.dtype} threads={args.threads}, "
+        f"max-wait-ms={args.max_wait_ms:g}, warm-up {args.warmup_seconds:g} s"
+    )
     print(
         "| preset | image | clients x s | max batch | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | RSS before -> after MiB |"
     )

@@ -206,3 +206,22 @@ def test_model_matching_outputs_unchanged_by_denoising(tiny_model, one_thread):
     assert not torch.allclose(moved.dn_boxes[-1][:, 4:], out.dn_boxes[-1][:, 4:], atol=1e-3)
     # and the denoising queries do see their content: outputs differ between positives of two boxes
     assert not torch.allclose(out.dn_boxes[-1][0, 0], out.dn_boxes[-1][0, 1])
+
+
+def test_training_forward_on_an_image_with_fewer_tokens_than_queries(tiny_model, one_thread):
+    """Query selection keeps min(num_queries, encoder tokens); the denoising attention mask must be
+    built for that many matching queries (it was built for num_queries and the decoder failed)."""
+    from gdino.train.trainer import TrainForward
+
+    cfg = DenoisingConfig(dn_number=10, eps=tiny_model.config.inverse_sigmoid_eps)
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tokens = sum(m.shape[-2] * m.shape[-1] for m in tiny_model.encode_image(pixels).maps)
+    assert tokens < tiny_model.config.num_queries  # the case under test
+    targets = [_target([[0.4, 0.5, 0.3, 0.2]], [(1, 2)])]
+    with torch.no_grad():
+        out, meta, _ = TrainForward(tiny_model, cfg)(
+            pixels, torch.ones(1, 32, 32, dtype=torch.bool), ["cat ."], targets
+        )
+    assert out.layer_boxes[-1].shape == (1, tokens, 4)
+    assert out.dn_boxes[-1].shape[1] == meta.num_queries == 20  # 10 groups of one positive and one negative

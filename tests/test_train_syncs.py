@@ -7,6 +7,12 @@ host is counted: ``item``, ``tolist``, ``cpu``, ``numpy``, ``bool()``/``float()`
 ``nonzero`` and boolean-mask indexing (whose output size needs the data). The code's convention
 is that ``.to(device)`` only moves data to the device and reads back use ``.cpu()``/``.tolist()``;
 on CUDA the same step also runs under ``torch.cuda.set_sync_debug_mode``.
+
+Tensors the code creates on the device itself count as device tensors too: a factory call with a
+``device=`` argument (``torch.arange(n, device=...)``) or a ``.to(device)`` move. Constants built on
+the host (no ``device=``) and moved afterwards are host data until the move. The same counter
+holds an inference forward pass to no reads at all (the level shapes and the Swin window indices
+were once built on the device and read back: 36 host waits per forward on a GPU).
 """
 
 from __future__ import annotations
@@ -82,9 +88,18 @@ class SyncCounter(TorchFunctionMode):
         out = func(*args, **kwargs)
         if name == "cpu" and out is args[0]:  # on the CPU .cpu() is the identity; a device gives a copy
             return out.clone()
-        if inputs_tracked and name not in READS:
+        moved = name == "to" and _names_device(args[1:], kwargs)
+        if moved and out is args[0]:
+            out = out.clone()  # the identity on the CPU; a move to an accelerator gives a new tensor
+        created_on_device = kwargs.get("device") is not None  # a factory given a device
+        if name not in READS and (inputs_tracked or moved or created_on_device):
             self.track(*[t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)])
         return out
+
+
+def _names_device(args, kwargs) -> bool:
+    """Whether a ``.to(...)`` call names a device (a move), not only a dtype."""
+    return kwargs.get("device") is not None or any(isinstance(a, (torch.device, str)) for a in args)
 
 
 def count_step_syncs(tmp_path, tokenizer, batch_size: int, dec_layers: int) -> list[str]:
@@ -173,3 +188,26 @@ def test_cuda_step_syncs(tmp_path, tokenizer):
         torch.cuda.set_sync_debug_mode(0)
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) <= 2, [str(w.message) for w in syncs]
+
+
+def test_an_inference_forward_never_reads_the_device(tokenizer):
+    """No host read in a forward pass: the level shapes stay Python values and constants (window
+    indices, level sizes) are built on the host, so a GPU never waits for the host mid-forward.
+    Padding is present (two image sizes in one batch) and the prompts differ in length."""
+    from gdino.model.grounding_dino import build_model
+
+    torch.manual_seed(0)
+    model = build_model(MICRO, tokenizer).eval()
+    pixels = torch.randn(2, 3, 96, 128)
+    mask = torch.ones(2, 96, 128, dtype=torch.bool)
+    mask[1, 64:] = False
+    mask[1, :, 80:] = False
+    counter = SyncCounter()
+    counter.track(*model.parameters(), *model.buffers())
+    text = model.tokenize(["a cat . a remote control .", "dog ."])
+    with counter, torch.inference_mode():
+        text = text.to(torch.device("cpu"))  # the host-to-device move of the tokenized prompts
+        pixels, mask = pixels.to(torch.device("cpu")), mask.to(torch.device("cpu"))
+        out = model(pixels, text, pixel_mask=mask)
+    assert counter.reads == [], counter.reads
+    assert out.boxes.shape == (2, MICRO.num_queries, 4) and torch.isfinite(out.boxes).all()

@@ -34,7 +34,7 @@ class Batch:
         return Batch(
             self.pixel_values.to(device, non_blocking=non_blocking),
             self.pixel_mask.to(device, non_blocking=non_blocking),
-            [t.to(device) for t in self.targets],
+            [t.to(device, non_blocking=non_blocking) for t in self.targets],
             list(self.captions),
         )
 

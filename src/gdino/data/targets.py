@@ -43,7 +43,8 @@ class Target:
     def __len__(self) -> int:
         return self.boxes.shape[0]
 
-    def to(self, device: torch.device | str) -> Target:
-        return replace(
-            self, boxes=self.boxes.to(device), token_map=self.token_map.to(device), labels=self.labels.to(device)
-        )
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Target:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking and t.device.type == "cpu")  # a read back must wait
+
+        return replace(self, boxes=move(self.boxes), token_map=move(self.token_map), labels=move(self.labels))

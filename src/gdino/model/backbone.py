@@ -48,7 +48,7 @@ def shift_region_mask(hp: int, wp: int, ws: int, shift: int, device: torch.devic
     nh, nw = hp // ws, wp // ws  # window_partition with every size written out (export-friendly)
     windows = img.view(nh, ws, nw, ws).permute(0, 2, 1, 3).reshape(nh * nw, ws * ws)
     diff = windows[:, None, :] - windows[:, :, None]
-    return torch.where(diff != 0, torch.tensor(-100.0, device=device), torch.tensor(0.0, device=device))
+    return torch.where(diff != 0, -100.0, 0.0)
 
 
 class WindowIndex(NamedTuple):
@@ -62,17 +62,23 @@ class WindowIndex(NamedTuple):
 def window_index(h: int, w: int, ws: int, shift: int, device: torch.device) -> WindowIndex:
     """Indices that pad an ``h x w`` token grid to multiples of ``ws`` (zeros right/bottom), roll it
     by ``-shift`` and partition it into windows, as the official pad, ``torch.roll`` and
-    ``window_partition`` do, computed by running those very steps on the grid of token numbers."""
-    grid = torch.arange(1, h * w + 1, device=device).view(1, h, w, 1)  # 0 will mark padding
+    ``window_partition`` do, computed by running those very steps on the grid of token numbers.
+
+    Computed on the host (the boolean indexing needs the data) and copied to ``device`` without
+    waiting for it: built on a GPU it would make the host wait for the queued kernels."""
+    grid = torch.arange(1, h * w + 1).view(1, h, w, 1)  # 0 will mark padding
     grid = F.pad(grid, (0, 0, 0, (ws - w % ws) % ws, 0, (ws - h % ws) % ws))
     if shift:
         grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
     order = window_partition(grid, ws).flatten()
     real = order > 0
-    slots = torch.arange(order.numel(), device=device)
-    slot = torch.empty(h * w, dtype=torch.long, device=device)
+    slots = torch.arange(order.numel())
+    slot = torch.empty(h * w, dtype=torch.long)
     slot[order[real] - 1] = slots[real]
-    return WindowIndex((order - 1).clamp_(min=0), slots[~real], slot)
+    index = WindowIndex((order - 1).clamp_(min=0), slots[~real], slot)
+    if torch.device(device).type == "cpu":
+        return index
+    return WindowIndex(*(t.to(device, non_blocking=True) for t in index))
 
 
 class WindowAttention(nn.Module):

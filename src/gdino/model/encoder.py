@@ -32,8 +32,8 @@ class DeformableEncoderLayer(nn.Module):
         src: Tensor,
         pos: Tensor,
         reference_points: Tensor,
-        spatial_shapes: Tensor,
-        level_start_index: Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        level_start_index: Tensor | None,
         padding: Tensor | None,
     ) -> Tensor:
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding)
@@ -110,9 +110,9 @@ class Encoder(nn.Module):
         self,
         src: Tensor,
         pos: Tensor,
-        spatial_shapes: Tensor,
+        spatial_shapes: list[tuple[int, int]],
         shapes: list[tuple[int, int]],
-        level_start_index: Tensor,
+        level_start_index: Tensor | None,
         valid_ratios: Tensor,
         padding: Tensor | None,
         text: Tensor,

@@ -4,7 +4,8 @@ A transformer FFN over the encoder's ~22k image tokens (800x1333) writes a 22k x
 activation (180 MB) to memory and reads it back several times: the bias add, the activation, the
 second GEMM. Chunked over rows, the hidden activation of one chunk stays in cache and the
 activation runs in place. Rows are independent, so chunking changes no result beyond the last bits
-of GEMM blocking. With a gradient recorded the plain path runs (autograd keeps the activations).
+of GEMM blocking. With a gradient recorded the plain path runs (autograd keeps the activations), and
+on GPUs too: there a 1024-row GEMM is too small to fill the device, and each chunk costs launches.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def residual_feed_forward(
     """
     pre = pre_norm if pre_norm is not None else nn.Identity()
     post = post_norm if post_norm is not None else nn.Identity()
-    if torch.is_grad_enabled() or torch.compiler.is_exporting():  # export: no loop over a symbolic row count
+    # export: no loop over a symbolic row count; GPUs: a chunk is too small to fill the device
+    if torch.is_grad_enabled() or torch.compiler.is_exporting() or x.device.type != "cpu":
         return post(x + fc2(ACTIVATIONS[activation](fc1(pre(x)))))
     act_ = ACTIVATIONS_INPLACE[activation]
     flat = x.reshape(-1, x.shape[-1])

@@ -183,13 +183,10 @@ class GroundingDINO(nn.Module):
         pos = torch.cat(
             [p.flatten(2).transpose(1, 2) + tr.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(image.pos)], 1
         )
-        spatial_shapes: Any
-        level_start_index: Any
-        if torch.compiler.is_exporting():  # symbolic sizes stay Python values (a tensor of them is data)
-            spatial_shapes, level_start_index = shapes, None
-        else:
-            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src.device)
-            level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        # The level shapes stay Python values: under export they are symbolic, and on a GPU a
+        # tensor of them would be read back by every deformable attention (a host sync per layer).
+        spatial_shapes: Any = shapes
+        level_start_index: Any = None
         ratios = torch.stack([valid_ratios(p) for p in image.padding], 1)
         text_padding = ~text.token_mask
         memory, text_memory = tr.encoder(

@@ -81,13 +81,22 @@ def _resolve(method: str, *tensors: Tensor) -> str:
 
 
 def _level_sizes(shapes: list[tuple[int, int]], like: Tensor) -> Tensor:
-    """``[levels, 2]`` (w, h) of every level, in ``like``'s dtype and device."""
-    return torch.tensor([[w, h] for h, w in shapes], dtype=like.dtype, device=like.device)
+    """``[levels, 2]`` (w, h) of every level, in ``like``'s dtype and device.
+
+    Small constants are built on the host and copied with ``non_blocking``: a blocking host-to-GPU
+    copy would make the host wait for every kernel queued before it (one stall per layer)."""
+    return _on(torch.tensor([[w, h] for h, w in shapes], dtype=like.dtype), like.device)
+
+
+def _on(host: Tensor, device: torch.device) -> Tensor:
+    """``host`` on ``device`` without waiting for the device (see :func:`_level_sizes`)."""
+    return host if device.type == "cpu" else host.to(device, non_blocking=True)
 
 
 _PAD = 2  # zero border around every level: all four corners of any clamped location are in range
-#: Bags (batch x query x head) per chunk of the gather: its index and weight tensors (bags x 64 x 4
-#: bytes each) stay in cache and are recycled by the allocator instead of page-faulted afresh.
+#: Bags (batch x query x head) per chunk of the gather on the CPU: its index and weight tensors
+#: (bags x 64 x 4 bytes each) stay in cache and are recycled by the allocator instead of
+#: page-faulted afresh. Other devices gather in one pass.
 _CHUNK_BAGS = 16384
 
 
@@ -123,8 +132,8 @@ def _gather_pixels(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor,
     # per (level, point) constants, as vectors over a bag's level * point samples
     level = torch.arange(levels, device=device).repeat_interleave(points)
     size = _level_sizes(shapes, pixels)[level]  # [lp, 2]
-    width = torch.tensor([w + 2 * _PAD for _, w in shapes], device=device, dtype=torch.int32)[level]
-    first = torch.tensor(starts, device=device, dtype=torch.int32)[level]
+    width = _on(torch.tensor([w + 2 * _PAD for _, w in shapes], dtype=torch.int32), device)[level]
+    first = _on(torch.tensor(starts, dtype=torch.int32), device)[level]
     # table row of a bag's top-left corners, less the position term: (batch * total + start) * heads + head
     const = (torch.arange(b, device=device, dtype=torch.int32) * total).view(b, 1, 1) + first
     const = (const * heads + torch.arange(heads, device=device, dtype=torch.int32).view(1, heads, 1))[:, None]
@@ -133,7 +142,8 @@ def _gather_pixels(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor,
     inplace = not (torch.is_grad_enabled() and (pixels.requires_grad or weights.requires_grad))
 
     out = value.new_empty(b, q, heads * c)
-    chunk = max(1, _CHUNK_BAGS // (b * heads))
+    # chunks keep the CPU's caches warm; on a GPU one pass is fastest (each chunk is a dozen launches)
+    chunk = max(1, _CHUNK_BAGS // (b * heads)) if device.type == "cpu" else q
     for q0 in range(0, q, chunk):
         q1 = min(q, q0 + chunk)
         nq = b * (q1 - q0) * heads
@@ -190,8 +200,8 @@ def _gather_corners(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor
     starts = [0]
     for h, wd in shapes[:-1]:
         starts.append(starts[-1] + h * wd)
-    first = torch.tensor(starts, device=device, dtype=torch.long)[level]  # [lp]
-    width = torch.tensor([w for _, w in shapes], device=device, dtype=torch.long)[level]
+    first = _on(torch.tensor(starts, dtype=torch.long), device)[level]  # [lp]
+    width = _on(torch.tensor([w for _, w in shapes], dtype=torch.long), device)[level]
     # rows of (batch, head) in the table: (batch * S + position) * heads + head
     base = (torch.arange(b, device=device) * s).view(b, 1, 1, 1)
     head = torch.arange(heads, device=device).view(1, 1, heads, 1)

@@ -59,7 +59,7 @@ def sub_sentence_masks(
     if not torch.equal(valid, idx < lengths):
         raise ValueError("attention_mask must mark a prefix of each row (right padding only)")
 
-    special = torch.isin(input_ids, torch.as_tensor(list(special_ids), device=device)) & valid
+    special = torch.isin(input_ids, torch.as_tensor(list(special_ids)).to(device, non_blocking=True)) & valid
     # Special tokens strictly inside the item close a phrase; the first and the item's last token
     # (normally [CLS] and [SEP]) stand alone, as in the official code for columns 0 and L-1.
     delim = special & (idx > 0) & (idx < lengths - 1)

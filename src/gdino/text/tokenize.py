@@ -45,8 +45,8 @@ class TokenizedText:
         return self.input_ids.shape[0]
 
     def to(self, device: torch.device | str) -> TokenizedText:
-        """A copy with every tensor on ``device``."""
-        return TokenizedText(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        """A copy with every tensor on ``device`` (copied without waiting for the device)."""
+        return TokenizedText(**{f.name: _to(getattr(self, f.name), device) for f in fields(self)})
 
     def select(self, indices: int | Sequence[int] | Tensor) -> TokenizedText:
         """The items at ``indices`` (an int keeps the batch dimension); L is unchanged."""
@@ -107,3 +107,8 @@ def tokenize(tokenizer, captions: Sequence[str], max_text_len: int = 256) -> Tok
         position_ids=position_ids,
         self_attention_masks=masks,
     )
+
+
+def _to(t: Tensor, device: torch.device | str) -> Tensor:
+    """``t`` on ``device``; from the host without waiting for the device (a read back always waits)."""
+    return t.to(device, non_blocking=t.device.type == "cpu")

@@ -191,6 +191,6 @@ class SetCriterion:
             for k, suffix in enumerate(suffixes):
                 losses[base + suffix] = vec[k]
             terms.append((base, vec, scale))
-        weights = torch.tensor(factors, dtype=torch.float32, device=device)
+        weights = torch.tensor(factors, dtype=torch.float32).to(device, non_blocking=True)
         losses["total"] = torch.stack([scale * (vec * weights).sum() for _, vec, scale in terms]).sum()
         return losses

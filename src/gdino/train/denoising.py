@@ -192,10 +192,10 @@ def build_denoising(
         slots = torch.cat((pos_q, neg_q))
         tgt = torch.cat((j, j))
         negative = torch.cat((torch.zeros(len(j), dtype=torch.bool), torch.ones(len(j), dtype=torch.bool)))
-        boxes = t.boxes.detach().to("cpu", torch.float32)[tgt]
+        boxes = t.boxes.detach().cpu().float()[tgt]  # host targets (the trainer's): no copy
         noisy = noise_boxes(boxes, negative, config.box_noise, generator)
-        maps_cpu = t.token_map.detach().to("cpu")[:, :length]
-        cands = maps_cpu.unique(dim=0) if class_token_maps is None else class_token_maps[i].to("cpu")[:, :length]
+        maps_cpu = t.token_map.detach().cpu()[:, :length]
+        cands = maps_cpu.unique(dim=0) if class_token_maps is None else class_token_maps[i].cpu()[:, :length]
         maps, flipped = noise_labels(maps_cpu[tgt], cands, int(valid_lens[i]), config.label_noise, generator)
         flipped_slots[slots] = flipped
         w = maps.float()

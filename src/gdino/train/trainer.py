@@ -65,7 +65,10 @@ class TrainForward(nn.Module):
         dn = meta = None
         if self.denoising is not None:
             lens = text.attention_mask.sum(1).tolist()  # a host tensor: no sync
-            built = build_denoising(targets, text_features, m.config.num_queries, self.denoising, valid_lens=lens)
+            # query selection keeps min(num_queries, encoder tokens): small images have fewer than 900
+            tokens = sum(f.shape[-2] * f.shape[-1] for f in image_features.maps)
+            queries = min(m.config.num_queries, tokens)
+            built = build_denoising(targets, text_features, queries, self.denoising, valid_lens=lens)
             if built is not None:
                 dn, meta = built
         return m.forward_features(image_features, text_features, dn), meta, text.input_ids.shape[1]
