@@ -39,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLS = ("gdino", "transformers", "official")
+EXTRA_IMPLS = ("gdino-bf16", "gdino-bf16-autocast")  # not in the default list
 CAPTION = "a cat . a remote control ."
 DEFAULT_ORACLE = "/work/oracle-venv/bin/python"
 
@@ -110,6 +111,23 @@ def _build_gdino(vocab: str):
         out = model(pixel_values, model.tokenize([CAPTION]))
         n = int(out.text_mask[0].sum())
         return out.logits[0, :, :n], out.boxes[0]
+
+    return model, forward
+
+
+def _build_gdino_bf16(vocab: str, weights: bool = True):
+    """The same seeded model in bf16: weights stored in bf16 (``Detector.from_pretrained(...,
+    dtype="bf16")`` on the CPU), or float32 weights under bf16 autocast (``weights=False``)."""
+    import torch
+
+    model, fp32_forward = _build_gdino(vocab)
+    if weights:
+        model.to(torch.bfloat16)
+
+    def forward(pixel_values):
+        with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
+            logits, boxes = fp32_forward(pixel_values.to(model.dtype))
+        return logits.float(), boxes.float()
 
     return model, forward
 
@@ -220,6 +238,8 @@ def _export_worker(args) -> None:
 _RUNTIME: dict = {"onnx": None, "threads": 0}
 BUILDERS = {
     "gdino": _build_gdino,
+    "gdino-bf16": _build_gdino_bf16,
+    "gdino-bf16-autocast": lambda vocab: _build_gdino_bf16(vocab, weights=False),
     "official": _build_official,
     "transformers": _build_transformers,
     "onnxruntime": lambda vocab: _build_runtime(vocab, "onnxruntime"),
@@ -429,7 +449,11 @@ def _compare(a: str, b: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--impl", default=",".join(IMPLS), help="comma list of " + ", ".join(IMPLS))
+    p.add_argument(
+        "--impl",
+        default=",".join(IMPLS),
+        help="comma list of " + ", ".join(IMPLS + EXTRA_IMPLS + RUNTIME_IMPLS),
+    )
     p.add_argument("--sizes", default="800x1333,512x512", help="comma list of HxW")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=1)
@@ -447,7 +471,7 @@ def main() -> None:
     )
     p.add_argument("--keep-onnx", default=None, metavar="FILE", help="export here (reused when it exists)")
     p.add_argument("--export-dtype", default="fp32", help=argparse.SUPPRESS)
-    p.add_argument("--worker", choices=IMPLS + RUNTIME_IMPLS + ("export",), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=IMPLS + EXTRA_IMPLS + RUNTIME_IMPLS + ("export",), help=argparse.SUPPRESS)
     p.add_argument("--size", help=argparse.SUPPRESS)
     p.add_argument("--save-outputs", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -490,7 +514,7 @@ def main() -> None:
                         r["vs_official"] = diff
             done = {r["impl"] for r in results if r["size"] == size}
             for r in results:
-                if r["size"] == size and r["impl"] in RUNTIME_IMPLS and "gdino" in done:
+                if r["size"] == size and r["impl"] in RUNTIME_IMPLS + EXTRA_IMPLS and "gdino" in done:
                     r["vs_gdino"] = _compare(f"{tmp}/gdino_{size}.safetensors", f"{tmp}/{r['impl']}_{size}.safetensors")
     _print_table(results)
     if args.json:
@@ -500,19 +524,21 @@ def main() -> None:
 def _print_table(results: list[dict]) -> None:
     print(
         "| impl | size | device | threads | median wall s | runs s | CPU s | load | peak mem delta MiB "
-        "| peak MiB | gdino speed-up (wall) | gdino speed-up (CPU) |"
+        "| peak MiB | time / gdino's (wall) | time / gdino's (CPU) | speed-up over the original (wall) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     by = {(r["impl"], r["size"]): r for r in results}
     for r in results:
         g = by.get(("gdino", r["size"]))
+        o = by.get(("official", r["size"]))
         other = g and r["impl"] != "gdino"
         ratio = f"{r['median_s'] / g['median_s']:.2f}x" if other else ""
         cpu_ratio = f"{r['cpu_s'] / g['cpu_s']:.2f}x" if other else ""
+        vs_original = f"{o['median_s'] / r['median_s']:.2f}x" if o and r["impl"] != "official" else ""
         print(
             f"| {r['impl']} | {r['size']} | {r['device']} | {r['threads']} | {r['median_s']:.3f} | "
             f"{', '.join(f'{t:.2f}' for t in r['times_s'])} | {r['cpu_s']:.2f} | {r['loadavg_1min']} | "
-            f"{r['mem_delta_mb']} | {r['mem_peak_mb']} | {ratio} | {cpu_ratio} |"
+            f"{r['mem_delta_mb']} | {r['mem_peak_mb']} | {ratio} | {cpu_ratio} | {vs_original} |"
         )
     for r in results:
         if "vs_official" in r:

@@ -231,6 +231,35 @@ def test_low_precision_on_cpu_is_close_to_fp32(tiny_model, photos, dtype, box_to
     assert err < logit_tol * ref["logits"][0][:, valid].abs().max()
 
 
+def test_bf16_on_cpu_loads_bf16_weights_close_to_fp32(tiny_model, tiny_checkpoint, photos, monkeypatch):
+    """``from_pretrained(dtype="bf16")`` on the CPU stores the weights in bf16 (other dtypes keep
+    float32 and autocast); its outputs stay within the autocast-bf16 tolerances of the fp32 model,
+    with the fp32 run's query selection reused as in the test above."""
+    import gdino.model.grounding_dino as gd
+
+    low_model = Detector.from_pretrained(str(tiny_checkpoint), device="cpu", dtype="bf16").model
+    assert {p.dtype for p in low_model.parameters()} == {torch.bfloat16}
+    fp16 = Detector.from_pretrained(str(tiny_checkpoint), device="cpu", options=None, dtype="fp16")
+    assert {p.dtype for p in fp16.model.parameters()} == {torch.float32}
+    chosen = {}
+    original = gd.select_queries
+
+    def same_selection(memory, *args, **kwargs):
+        result = original(memory, *args, **kwargs)
+        if "ref" in chosen:
+            return tuple(t.to(r.dtype) for t, r in zip(chosen["ref"], result))
+        chosen["ref"] = result
+        return result
+
+    monkeypatch.setattr(gd, "select_queries", same_selection)
+    ref = raw_outputs(tiny_model, photos[0], "fp32")
+    low = raw_outputs(low_model, photos[0], "bf16")
+    assert (low["boxes"].float() - ref["boxes"]).abs().max() < 0.05
+    valid = ref["valid"][0]
+    err = (low["logits"][0][:, valid].float() - ref["logits"][0][:, valid]).abs().max()
+    assert err < 0.08 * ref["logits"][0][:, valid].abs().max()
+
+
 def test_bad_options(tiny_model, photos):
     with pytest.raises(GdinoError, match=r"box-threshold must be a number in \[0, 1\]"):
         Detector(tiny_model).detect(photos[0], ["cat"], box_threshold=1.5)
