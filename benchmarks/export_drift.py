@@ -4,7 +4,8 @@ The parity case of tests/test_export_onnx.py (the ``tiny`` preset, every paramet
 realistic scale, fusion gammas ~0.5; a four-phrase prompt and a one-phrase prompt on two images,
 the second padded; 192x256, unlike the export size) is run by:
 
-- ONNX Runtime on the fp32 export and on the ``--dtype fp16`` export;
+- ONNX Runtime on the fp32 export, the ``--dtype fp16`` export and the ``--dtype int8`` graph (the
+  fp32 export quantized, :mod:`gdino.export.quantize`); OpenVINO on the int8 graph too;
 - OpenVINO on the fp32 export with ``f32`` and with ``bf16`` inference precision;
 - PyTorch itself under bf16 autocast (for comparison).
 
@@ -32,6 +33,7 @@ from conftest import randomize_  # noqa: E402
 from gdino.config import get_preset  # noqa: E402
 from gdino.export.graph import INPUT_NAMES, DetectionGraph  # noqa: E402
 from gdino.export.onnx_export import ExportOptions, export_onnx  # noqa: E402
+from gdino.export.quantize import quantize_int8  # noqa: E402
 from gdino.export.runtimes import Session  # noqa: E402
 from gdino.model.grounding_dino import build_model  # noqa: E402
 from gdino.text.tokenizer import load_tokenizer  # noqa: E402
@@ -94,11 +96,18 @@ def main() -> None:
         files[dtype] = folder / f"tiny-{dtype}.onnx"
         if not files[dtype].exists():
             export_onnx(model, files[dtype], ExportOptions(dtype=dtype))
+    files["int8"] = folder / "tiny-int8.onnx"
+    if not files["int8"].exists():
+        quantize_int8(files["fp32"], files["int8"])
     np_feeds = {k: v.numpy() for k, v in feeds.items()}
     rows = {
         "onnxruntime fp32": Session(files["fp32"], "onnxruntime", args.threads, "f32", None).run(np_feeds),
         "onnxruntime fp16 export": Session(files["fp16"], "onnxruntime", args.threads, "f32", None).run(np_feeds),
+        "onnxruntime int8 (dynamic quantization)": Session(files["int8"], "onnxruntime", args.threads, "f32", None).run(
+            np_feeds
+        ),
         "openvino f32": Session(files["fp32"], "openvino", args.threads, "f32", None).run(np_feeds),
+        "openvino on the int8 graph": Session(files["int8"], "openvino", args.threads, "f32", None).run(np_feeds),
         "openvino bf16": Session(files["fp32"], "openvino", args.threads, "bf16", None).run(np_feeds),
         "pytorch bf16 autocast": list(bf16),
     }
