@@ -177,6 +177,29 @@ def profile_gdino(args, pixel_values) -> dict:
     return {"wall_s": wall, "cpu_s": cpu, "ops_ms": ops, "note": "torch.profiler self CPU time (calling thread)"}
 
 
+#: module kinds, by a substring of the exporter's ``namespace`` node metadata (first match wins)
+MODULES = (
+    ("MultiScaleDeformableAttention", "deformable attention (MultiScaleDeformableAttention)"),
+    ("backbone", "backbone (Swin)"),
+    ("bert", "BERT"),
+    ("fusion", "fusion (BiAttention)"),
+    ("text_layers", "text enhancer"),
+    ("decoder", "decoder, other"),
+    ("encoder", "encoder, other"),
+)
+
+
+def _node_modules(path: str) -> dict[str, str]:
+    """ONNX node name -> module kind, from the ``namespace`` metadata torch.onnx writes per node."""
+    import onnx
+
+    kinds = {}
+    for node in onnx.load_model(path, load_external_data=False).graph.node:
+        space = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
+        kinds[node.name] = next((kind for key, kind in MODULES if key in space), "other")
+    return kinds
+
+
 def _unprofiled(session, feeds) -> tuple[float, float]:
     """Wall and CPU seconds of one forward after a warm-up (the session is dropped afterwards)."""
     session.run(None, feeds)
@@ -204,13 +227,23 @@ def profile_onnxruntime(args, pixel_values, path: str) -> dict:
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     start, end = runs[-1]["ts"], runs[-1]["ts"] + runs[-1]["dur"]
     ops: dict[str, float] = defaultdict(float)
+    modules: dict[str, float] = defaultdict(float)
+    deformable_ops: dict[str, float] = defaultdict(float)
+    where = _node_modules(path)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and start <= e["ts"] <= end:
-            ops[e["args"]["op_name"]] += e["dur"] / 1e3
+            ms = e["dur"] / 1e3
+            ops[e["args"]["op_name"]] += ms
+            module = where.get(e["name"].removesuffix("_kernel_time"), "unknown (node fused or renamed by ORT)")
+            modules[module] += ms
+            if module == "deformable attention (MultiScaleDeformableAttention)":
+                deformable_ops[e["args"]["op_name"]] += ms
     return {
         "wall_s": wall,
         "cpu_s": cpu,
         "ops_ms": dict(ops),
+        "modules_ms": dict(modules),
+        "deformable_ops_ms": dict(deformable_ops),
         "profiled_run_ms": runs[-1]["dur"] / 1e3,
         "note": "node kernel times of the last model_run (sequential executor)",
     }
@@ -299,6 +332,11 @@ def _table(results: list[dict], top: int) -> None:
         print("| op type | ms | % | group |\n|---|---|---|---|")
         for op, ms in sorted(r["ops_ms"].items(), key=lambda kv: -kv[1])[:top]:
             print(f"| {op} | {ms:.1f} | {100 * ms / totals[r['impl']]:.1f} | {group_of(op)} |")
+        if "modules_ms" in r:
+            mods = sorted(r["modules_ms"].items(), key=lambda kv: -kv[1])
+            print("\nby module: " + ", ".join(f"{k} {v:.0f} ms ({100 * v / totals[r['impl']]:.0f}%)" for k, v in mods))
+            defo = sorted(r["deformable_ops_ms"].items(), key=lambda kv: -kv[1])[:10]
+            print("inside deformable attention: " + ", ".join(f"{k} {v:.0f} ms" for k, v in defo))
         if "by_precision_ms" in r:
             print("\nby execution precision: " + ", ".join(f"{k} {v:.0f} ms" for k, v in r["by_precision_ms"].items()))
             print(
