@@ -7,7 +7,8 @@ the second padded; 192x256, unlike the export size) is run by:
 - ONNX Runtime on the fp32 export, the ``--dtype fp16`` export and the ``--dtype int8`` graph (the
   fp32 export quantized, :mod:`gdino.export.quantize`); OpenVINO on the int8 graph too;
 - OpenVINO on the fp32 export with ``f32`` and with ``bf16`` inference precision;
-- PyTorch itself under bf16 autocast (for comparison).
+- PyTorch itself under bf16 autocast, and in fp32 with every weight matrix multiplied by
+  (1 + 0.002 N(0,1)) or (1 + 0.02 N(0,1)) (for comparison: how much any perturbation moves this case).
 
 Reported per path: max |box difference| (in units of the image side), max |logit difference| / max
 |logit|, and how many of the top-10 (query, token) scores of each image keep their query.
@@ -18,6 +19,7 @@ Reported per path: max |box difference| (in units of the image side), max |logit
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -91,6 +93,15 @@ def main() -> None:
         ref = tuple(t.numpy() for t in DetectionGraph(model)(*[feeds[n] for n in INPUT_NAMES]))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = tuple(t.float().numpy() for t in DetectionGraph(model)(*[feeds[n] for n in INPUT_NAMES]))
+        noisy = {}
+        for scale in (0.002, 0.02):  # how chaotic the case is: fp32, weight matrices x (1 + scale N(0,1))
+            perturbed = copy.deepcopy(model)
+            gen = torch.Generator().manual_seed(0)
+            for param in perturbed.parameters():
+                if param.dim() >= 2:
+                    param.mul_(1 + scale * torch.randn(param.shape, generator=gen))
+            out = DetectionGraph(perturbed)(*[feeds[n] for n in INPUT_NAMES])
+            noisy[f"pytorch fp32, weights x (1 + {scale:g} N(0,1)) (reference point)"] = [t.numpy() for t in out]
     files = {}
     for dtype in ("fp32", "fp16"):
         files[dtype] = folder / f"tiny-{dtype}.onnx"
@@ -110,6 +121,7 @@ def main() -> None:
         "openvino on the int8 graph": Session(files["int8"], "openvino", args.threads, "f32", None).run(np_feeds),
         "openvino bf16": Session(files["fp32"], "openvino", args.threads, "bf16", None).run(np_feeds),
         "pytorch bf16 autocast": list(bf16),
+        **noisy,
     }
     print("| path | boxes max abs | logits max abs / max abs logit | top-10 queries kept (per image) |")
     print("|---|---|---|---|")
