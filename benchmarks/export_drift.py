@@ -4,9 +4,11 @@ The parity case of tests/test_export_onnx.py (the ``tiny`` preset, every paramet
 realistic scale, fusion gammas ~0.5; a four-phrase prompt and a one-phrase prompt on two images,
 the second padded; 192x256, unlike the export size) is run by:
 
-- ONNX Runtime on the fp32 export and on the ``--dtype fp16`` export;
+- ONNX Runtime on the fp32 export, the ``--dtype fp16`` export and the ``--dtype int8`` graph (the
+  fp32 export quantized, :mod:`gdino.export.quantize`); OpenVINO on the int8 graph too;
 - OpenVINO on the fp32 export with ``f32`` and with ``bf16`` inference precision;
-- PyTorch itself under bf16 autocast (for comparison).
+- PyTorch itself under bf16 autocast, and in fp32 with every weight matrix multiplied by
+  (1 + 0.002 N(0,1)) or (1 + 0.02 N(0,1)) (for comparison: how much any perturbation moves this case).
 
 Reported per path: max |box difference| (in units of the image side), max |logit difference| / max
 |logit|, and how many of the top-10 (query, token) scores of each image keep their query.
@@ -17,6 +19,7 @@ Reported per path: max |box difference| (in units of the image side), max |logit
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -32,6 +35,7 @@ from conftest import randomize_  # noqa: E402
 from gdino.config import get_preset  # noqa: E402
 from gdino.export.graph import INPUT_NAMES, DetectionGraph  # noqa: E402
 from gdino.export.onnx_export import ExportOptions, export_onnx  # noqa: E402
+from gdino.export.quantize import quantize_int8  # noqa: E402
 from gdino.export.runtimes import Session  # noqa: E402
 from gdino.model.grounding_dino import build_model  # noqa: E402
 from gdino.text.tokenizer import load_tokenizer  # noqa: E402
@@ -89,18 +93,35 @@ def main() -> None:
         ref = tuple(t.numpy() for t in DetectionGraph(model)(*[feeds[n] for n in INPUT_NAMES]))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = tuple(t.float().numpy() for t in DetectionGraph(model)(*[feeds[n] for n in INPUT_NAMES]))
+        noisy = {}
+        for scale in (0.002, 0.02):  # how chaotic the case is: fp32, weight matrices x (1 + scale N(0,1))
+            perturbed = copy.deepcopy(model)
+            gen = torch.Generator().manual_seed(0)
+            for param in perturbed.parameters():
+                if param.dim() >= 2:
+                    param.mul_(1 + scale * torch.randn(param.shape, generator=gen))
+            out = DetectionGraph(perturbed)(*[feeds[n] for n in INPUT_NAMES])
+            noisy[f"pytorch fp32, weights x (1 + {scale:g} N(0,1)) (reference point)"] = [t.numpy() for t in out]
     files = {}
     for dtype in ("fp32", "fp16"):
         files[dtype] = folder / f"tiny-{dtype}.onnx"
         if not files[dtype].exists():
             export_onnx(model, files[dtype], ExportOptions(dtype=dtype))
+    files["int8"] = folder / "tiny-int8.onnx"
+    if not files["int8"].exists():
+        quantize_int8(files["fp32"], files["int8"])
     np_feeds = {k: v.numpy() for k, v in feeds.items()}
     rows = {
         "onnxruntime fp32": Session(files["fp32"], "onnxruntime", args.threads, "f32", None).run(np_feeds),
         "onnxruntime fp16 export": Session(files["fp16"], "onnxruntime", args.threads, "f32", None).run(np_feeds),
+        "onnxruntime int8 (dynamic quantization)": Session(files["int8"], "onnxruntime", args.threads, "f32", None).run(
+            np_feeds
+        ),
         "openvino f32": Session(files["fp32"], "openvino", args.threads, "f32", None).run(np_feeds),
+        "openvino on the int8 graph": Session(files["int8"], "openvino", args.threads, "f32", None).run(np_feeds),
         "openvino bf16": Session(files["fp32"], "openvino", args.threads, "bf16", None).run(np_feeds),
         "pytorch bf16 autocast": list(bf16),
+        **noisy,
     }
     print("| path | boxes max abs | logits max abs / max abs logit | top-10 queries kept (per image) |")
     print("|---|---|---|---|")

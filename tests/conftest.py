@@ -106,3 +106,25 @@ SMALL_SAM2 = [
     "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
     "++model.memory_attention.num_layers=1",
 ]
+
+
+@pytest.fixture(scope="session")
+def onnx_file(tiny_model, tmp_path_factory) -> Path:
+    """``tiny_model`` exported to one dynamic-shape ONNX graph (fp32; ~1-3 min: slow tests only)."""
+    pytest.importorskip("onnx", reason="optional dependency onnx (in [export] and [dev])")
+    pytest.importorskip("onnxscript", reason="optional dependency onnxscript (in [export] and [dev])")
+    from gdino.export.onnx_export import ExportOptions, export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    (written,) = export_onnx(tiny_model, path, ExportOptions())  # traced at 2 x 480x608, 11 tokens
+    return written
+
+
+@pytest.fixture(scope="session")
+def split_files(tiny_model, tmp_path_factory) -> list[Path]:
+    """``tiny_model`` exported with ``split=True``: [``tiny.text.onnx``, ``tiny.features.onnx``]."""
+    pytest.importorskip("onnxscript", reason="optional dependency onnxscript (in [export] and [dev])")
+    pytest.importorskip("onnxruntime", reason="optional dependency onnxruntime (in [export] and [dev])")
+    from gdino.export.onnx_export import ExportOptions, export_onnx
+
+    return export_onnx(tiny_model, tmp_path_factory.mktemp("split") / "tiny.onnx", ExportOptions(split=True))

@@ -115,17 +115,7 @@ def test_cli_bad_export_and_runtime_options(argv, message, capsys, chelsea_jpg):
 
 
 # ---------------------------------------------------------------- slow: the exported graph in the runtimes
-@pytest.fixture(scope="module")
-def onnx_file(tiny_model, tmp_path_factory):
-    pytest.importorskip("onnx", reason="optional dependency onnx (in [export] and [dev])")
-    pytest.importorskip("onnxscript", reason="optional dependency onnxscript (in [export] and [dev])")
-    from gdino.export.onnx_export import ExportOptions, export_onnx
-
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    (written,) = export_onnx(tiny_model, path, ExportOptions())  # traced at 2 x 480x608, 11 tokens
-    return written
-
-
+# (the exports: the session fixtures onnx_file and split_files of conftest.py)
 def _session(path, runtime):
     from gdino.export.runtimes import Session
 
@@ -218,15 +208,13 @@ def test_detect_through_runtime_equals_pytorch_detect(onnx_file, tiny_model, che
 
 
 @pytest.mark.slow
-def test_split_graphs_match_pytorch(tiny_model, tmp_path):
+def test_split_graphs_match_pytorch(tiny_model, split_files):
     """``--split``: the text graph gives ``encode_text``'s features; the rest, fed them, gives the
     single graph's outputs; and the runtime model uses the pair (prompt features computed once)."""
-    pytest.importorskip("onnxscript", reason="optional dependency onnxscript (in [export] and [dev])")
-    pytest.importorskip("onnxruntime", reason="optional dependency onnxruntime (in [export] and [dev])")
-    from gdino.export.onnx_export import ExportOptions, export_onnx
     from gdino.export.runtimes import RuntimeModel, text_feeds
 
-    text_path, features_path = export_onnx(tiny_model, tmp_path / "tiny.onnx", ExportOptions(split=True))
+    text_path, features_path = split_files
+    tmp_path = text_path.parent
     assert text_path.name == "tiny.text.onnx" and features_path.name == "tiny.features.onnx"
     f = feeds(tiny_model, [MULTI, SHORT], *images(2, 192, 256, seed=7, pad_second=True))
     text = tiny_model.tokenize([MULTI, SHORT])

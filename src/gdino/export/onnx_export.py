@@ -26,12 +26,14 @@ from gdino import __version__
 from gdino.config import GroundingDINOConfig
 from gdino.errors import GdinoError
 from gdino.export.graph import DetectionGraph, FeaturesGraph, TextGraph, example_inputs
+from gdino.export.quantize import quantize_int8
 from gdino.model.grounding_dino import GroundingDINO
 from gdino.weights.native import vocab_text
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+#: precision -> dtype of the traced model; ``int8`` is an fp32 export quantized afterwards (quantize.py)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}
 MIN_OPSET = 17
 #: smallest and largest image side accepted by a dynamic-size graph (the export's shape guards)
 MIN_SIDE, MAX_SIDE = 64, 8192
@@ -48,7 +50,9 @@ class ExportOptions:
 
     Attributes:
         opset: ONNX opset (>= 17).
-        dtype: ``fp32`` or ``fp16`` weights and activations (inputs and outputs stay float32).
+        dtype: ``fp32`` or ``fp16`` weights and activations (inputs and outputs stay float32), or
+            ``int8``: the fp32 graph with its linear layers quantized by ONNX Runtime (int8 weights,
+            uint8 activations at run time; :mod:`gdino.export.quantize`).
         batch: a fixed batch size, or None for a dynamic one.
         image_size: a fixed ``(height, width)`` of ``pixel_values``, or None for dynamic sizes.
         split: write ``<stem>.text.onnx`` (text encoder) and ``<stem>.features.onnx`` (the rest)
@@ -183,7 +187,7 @@ def export_onnx(model: GroundingDINO, path: str | os.PathLike, options: ExportOp
     if out.is_dir():
         raise ExportError(f"{out} is a folder; give the .onnx file to write")
     model = model.eval()
-    if options.dtype != "fp32":
+    if DTYPES[options.dtype] != torch.float32:
         model = copy.deepcopy(model).to(DTYPES[options.dtype])
     vocab = vocab_text(model.tokenizer) if model.tokenizer is not None else None
     metadata = {
@@ -195,9 +199,23 @@ def export_onnx(model: GroundingDINO, path: str | os.PathLike, options: ExportOp
         metadata["gdino_vocab"] = vocab
         metadata["gdino_vocab_sha256"] = hashlib.sha256(vocab.encode("utf-8")).hexdigest()
     if not options.split:
-        return [export_graph(DetectionGraph(model), out, options, {**metadata, "gdino_graph": "detection"})]
+        return [_write(DetectionGraph(model), out, options, {**metadata, "gdino_graph": "detection"})]
     text_path, features_path = split_paths(out)
     return [
-        export_graph(TextGraph(model), text_path, options, {**metadata, "gdino_graph": "text"}),
-        export_graph(FeaturesGraph(model), features_path, options, {**metadata, "gdino_graph": "features"}),
+        _write(TextGraph(model), text_path, options, {**metadata, "gdino_graph": "text"}),
+        _write(FeaturesGraph(model), features_path, options, {**metadata, "gdino_graph": "features"}),
     ]
+
+
+def _write(
+    graph: DetectionGraph | TextGraph | FeaturesGraph, path: Path, options: ExportOptions, metadata: dict[str, str]
+) -> Path:
+    """``export_graph``; for ``int8`` an fp32 graph next to ``path``, quantized into ``path``."""
+    if options.dtype != "int8":
+        return export_graph(graph, path, options, metadata)
+    fp32 = path.with_name(path.name + ".fp32.tmp")
+    try:
+        export_graph(graph, fp32, options, {**metadata, "gdino_dtype": "fp32"})
+        return quantize_int8(fp32, path)
+    finally:
+        fp32.unlink(missing_ok=True)

@@ -1,0 +1,51 @@
+"""``gdino detect --runtime onnxruntime|openvino --onnx FILE`` end to end, in-process through
+``gdino.cli.main``: the JSON written with the exported graph equals the one written with the
+PyTorch checkpoint of the same weights (the session export of ``tiny_model``: slow), and a file
+that is not ONNX gives one error line and exit code 2 (fast).
+
+Tolerances: scores within 1e-4 and boxes within 0.1 px (the photo is 451x300; the graph's fp32
+outputs match PyTorch to ~1e-6, tests/test_export_onnx.py), same labels, same number of detections.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gdino.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPT = "a cat . a remote control . the green sofa ."
+COMMON = ["--box-threshold", "0.0", "--text-threshold", "0.0", "--image-size", "256", "--max-detections", "20"]
+
+
+def _detect(photo, out, *model_flags):
+    assert main(["detect", str(photo), "-p", PROMPT, *COMMON, *model_flags, "--out", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["results"]
+    return result["detections"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_detect_cli_runtime_equals_pytorch(runtime, onnx_file, tiny_checkpoint, chelsea_jpg, tmp_path):
+    pytest.importorskip(runtime, reason=f"optional dependency {runtime} (in [export]/[openvino] and [dev])")
+    want = _detect(chelsea_jpg, tmp_path / "torch.json", "--weights", str(tiny_checkpoint), "--device", "cpu")
+    got = _detect(chelsea_jpg, tmp_path / "runtime.json", "--runtime", runtime, "--onnx", str(onnx_file))
+    assert len(got) == len(want) == 20
+    assert [d["label"] for d in got] == [d["label"] for d in want]
+    np.testing.assert_allclose([d["score"] for d in got], [d["score"] for d in want], atol=1e-4)
+    np.testing.assert_allclose([d["box"] for d in got], [d["box"] for d in want], atol=0.1)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_detect_cli_runtime_rejects_a_file_that_is_not_onnx(runtime, chelsea_jpg, tmp_path, capsys):
+    pytest.importorskip("onnx", reason="optional dependency onnx (in [export] and [dev])")
+    junk = tmp_path / "model.onnx"
+    junk.write_bytes(b"PK\x03\x04 a zip file, not an ONNX graph" * 8)
+    argv = ["detect", str(chelsea_jpg), "-p", PROMPT, "--runtime", runtime, "--onnx", str(junk)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gdino detect: error: ") and "not a readable ONNX file" in err[0]
