@@ -35,6 +35,17 @@ from pathlib import Path
 OLD_COLORS, NEW_COLORS = ("red", "green"), ("blue", "yellow")
 
 
+#: Config overrides of each fine-tuning run: ``fn(value, old class names as JSON) -> [key=value]``.
+VARIANTS = {
+    "plain": lambda v, old: [],
+    "frozen": lambda v, old: ["model.freeze_backbone=true", "model.freeze_text=true"],
+    "replay": lambda v, old: [f"data.replay_classes={old}", f"data.replay_threshold={v}"],
+    "distill": lambda v, old: [f"loss.distill_classes={old}", f"loss.distill_weight={v}"],
+}
+#: The value a run takes without ``@VALUE``.
+DEFAULTS = {"replay": "0.3", "distill": "1.0"}
+
+
 def make_data(out: Path, seed: int, n_pre: int, n_ft: int, n_val: int) -> dict[str, str]:
     """Pretraining (old only), fine-tuning (all colors, new annotated) and val (all, split in two)."""
     from gdino.data.synthetic import SyntheticConfig, class_names, generate
@@ -110,9 +121,20 @@ def main() -> int:
     parser.add_argument("--finetune-steps", type=int, default=400)
     parser.add_argument("--finetune-lr", type=float, default=2e-4)
     parser.add_argument("--images", type=int, nargs=3, default=(600, 400, 100), metavar=("PRE", "FT", "VAL"))
-    parser.add_argument("--replay-threshold", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", default="plain,frozen,replay")
+    parser.add_argument(
+        "--runs",
+        default="plain,frozen,replay,distill",
+        help="comma-separated runs: plain, frozen, replay[@THRESHOLD], distill[@WEIGHT]",
+    )
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every fine-tuning run"
+    )
+    parser.add_argument(
+        "--keep-results",
+        action="store_true",
+        help="merge into OUT/result.json (runs of earlier calls) instead of replacing it",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
@@ -169,24 +191,37 @@ def main() -> int:
         f"data.train={files['train_new']}",
         f"data.train_images={files['images_ft']}",
     ]
-    variants = {
-        "plain": [],
-        "frozen": ["model.freeze_backbone=true", "model.freeze_text=true"],
-        "replay": [f"data.replay_classes={files['old_names']}", f"data.replay_threshold={args.replay_threshold}"],
+    old_names = files["old_names"]
+    extra = list(args.set)
+    result["set"] = extra
+    path = out / "result.json"
+    previous = json.loads(path.read_text()) if args.keep_results and path.is_file() else {}
+    for spec in [r for r in args.runs.split(",") if r]:
+        name, _, value = spec.partition("@")
+        if name not in VARIANTS:
+            parser.error(f"--runs: unknown run {name!r}; choose from {', '.join(VARIANTS)}")
+        overrides = VARIANTS[name](value or DEFAULTS.get(name, ""), old_names)
+        key = f"{name}@{value}" if value else name
+        cfg = load_config("smoke", [*ft, *overrides, *extra])
+        model, cpu = run(replace(cfg, output_dir=str(out / f"run-{key}")), key)
+        result[key] = {
+            **score(model, files, 128),
+            "cpu_s": round(cpu, 1),
+            "cpu_s_per_step": round(cpu / args.finetune_steps, 3),
+        }
+        result[key]["load_avg"] = round(os.getloadavg()[0], 1)
+    runs = {
+        k: v for k, v in {**previous, **result}.items() if isinstance(v, dict) and "old_AP" in v and k != "pretrained"
     }
-    for name in args.runs.split(","):
-        cfg = load_config("smoke", [*ft, *variants[name]])
-        model, cpu = run(replace(cfg, output_dir=str(out / f"run-{name}")), name)
-        result[name] = {**score(model, files, 128), "cpu_s": round(cpu, 1)}
     base_old = result["pretrained"]["old_AP"]
-    plain_new = result.get("plain", {}).get("new_AP")
-    for name in args.runs.split(","):
-        r = result[name]
+    plain_new = runs.get("plain", {}).get("new_AP")
+    for key, r in runs.items():
         r["old_kept"] = round(r["old_AP"] / base_old, 3) if base_old else None
         r["new_vs_plain"] = round(r["new_AP"] / plain_new, 3) if plain_new else None
+    result = {**previous, **result, **runs}
     result["load_avg_end"] = round(os.getloadavg()[0], 1)
     line = json.dumps(result)
-    (out / "result.json").write_text(line + "\n", encoding="utf-8")
+    path.write_text(line + "\n", encoding="utf-8")
     print(line)
     return 0
 

@@ -112,7 +112,13 @@ class ScheduleSection:
 class LossSection:
     """Loss weight recipe (``gdino.train.criterion``) and contrastive denoising: about ``dn_number``
     denoising queries, in ``dn_number // (most boxes in an image)`` groups, at most ``dn_max_groups``
-    of them when that is > 0."""
+    of them when that is > 0.
+
+    ``distill_classes``: classes the starting model should keep (distillation against forgetting,
+    :mod:`gdino.train.distill`: a frozen copy of the starting model scores every batch with their
+    prompt, and the model learns to reproduce its ``distill_topk`` most confident queries per
+    image, next to the normal loss, with weight ``distill_weight``); empty = off.
+    """
 
     recipe: str = "open-groundingdino"
     denoising: bool = True
@@ -120,6 +126,15 @@ class LossSection:
     dn_label_noise: float = 0.5
     dn_box_noise: float = 1.0
     dn_max_groups: int = 0
+    distill_classes: tuple[str, ...] = ()
+    distill_weight: float = 1.0
+    distill_topk: int = 10
+
+    def __post_init__(self) -> None:
+        if self.distill_weight < 0:
+            raise ConfigError(f"loss.distill_weight: {self.distill_weight} is negative")
+        if self.distill_topk < 1:
+            raise ConfigError(f"loss.distill_topk: {self.distill_topk} must be at least 1")
 
 
 @dataclass(frozen=True)
