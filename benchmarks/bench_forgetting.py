@@ -40,10 +40,15 @@ VARIANTS = {
     "plain": lambda v, old: [],
     "frozen": lambda v, old: ["model.freeze_backbone=true", "model.freeze_text=true"],
     "replay": lambda v, old: [f"data.replay_classes={old}", f"data.replay_threshold={v}"],
+    "replay-agnostic": lambda v, old: [
+        f"data.replay_classes={old}",
+        f"data.replay_threshold={v}",
+        "data.replay_nms=agnostic",
+    ],
     "distill": lambda v, old: [f"loss.distill_classes={old}", f"loss.distill_weight={v}"],
 }
 #: The value a run takes without ``@VALUE``.
-DEFAULTS = {"replay": "0.3", "distill": "1.0"}
+DEFAULTS = {"replay": "0.3", "replay-agnostic": "0.15", "distill": "1.0"}
 
 
 def make_data(out: Path, seed: int, n_pre: int, n_ft: int, n_val: int) -> dict[str, str]:
@@ -125,7 +130,7 @@ def main() -> int:
     parser.add_argument(
         "--runs",
         default="plain,frozen,replay,distill",
-        help="comma-separated runs: plain, frozen, replay[@THRESHOLD], distill[@WEIGHT]",
+        help="comma-separated runs: plain, frozen, replay[@THRESHOLD], replay-agnostic[@THRESHOLD], distill[@WEIGHT]",
     )
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every fine-tuning run"

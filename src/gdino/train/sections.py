@@ -47,7 +47,8 @@ class DataSection:
     (0: the variant's size). ``image_size``: evaluation shorter side; the training scales are the official ones
     times ``image_size / 800``. ``replay_classes``: classes the starting model should keep
     (pseudo-label replay against forgetting, :mod:`gdino.train.replay`: before training it labels
-    them on the training images, boxes scoring >= ``replay_threshold``); empty = off.
+    them on the training images, boxes scoring >= ``replay_threshold``, after NMS per class or,
+    with ``replay_nms="agnostic"``, across classes); empty = off.
     """
 
     train: str | None = None
@@ -68,6 +69,10 @@ class DataSection:
     max_classes: int = 80
     replay_classes: tuple[str, ...] = ()
     replay_threshold: float = 0.3
+    replay_nms: str = "class"
+
+    def __post_init__(self) -> None:
+        _choice("data.replay_nms", self.replay_nms, ("class", "agnostic"))
 
 
 @dataclass(frozen=True)
