@@ -135,6 +135,7 @@ def main() -> int:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every fine-tuning run"
     )
+    parser.add_argument("--tag", default="", help="suffix of the run names (runs with other --set values)")
     parser.add_argument(
         "--keep-results",
         action="store_true",
@@ -206,7 +207,7 @@ def main() -> int:
         if name not in VARIANTS:
             parser.error(f"--runs: unknown run {name!r}; choose from {', '.join(VARIANTS)}")
         overrides = VARIANTS[name](value or DEFAULTS.get(name, ""), old_names)
-        key = f"{name}@{value}" if value else name
+        key = (f"{name}@{value}" if value else name) + args.tag
         cfg = load_config("smoke", [*ft, *overrides, *extra])
         model, cpu = run(replace(cfg, output_dir=str(out / f"run-{key}")), key)
         result[key] = {

@@ -49,10 +49,11 @@ def teacher_outputs(seed: int = 0, b: int = 2, q: int = 12, length: int = 7, con
 def test_distill_loss_is_zero_when_the_student_is_the_teacher_and_positive_otherwise():
     logits, boxes = teacher_outputs()
     class_tokens = torch.tensor([False, True, True, False, True, True, False])
-    targets = teacher_targets(logits, boxes, class_tokens, topk=3)
-    assert [len(t) for t in targets] == [3, 3]
-    assert all(float(t.token_map[:, ~class_tokens].abs().max()) == 0.0 for t in targets)
     student_logits, student_boxes = logits[None].repeat(2, 1, 1, 1), boxes[None].repeat(2, 1, 1, 1)  # 2 sets
+    student_logits[1, :, :, 1] -= 0.5  # set 1 (another layer) scores differently from set 0
+    targets = teacher_targets(student_logits.flatten(0, 1), student_boxes.flatten(0, 1), class_tokens, topk=3)
+    assert [len(t) for t in targets] == [3, 3, 3, 3]  # sets x images, set-major
+    assert all(float(t.token_map[:, ~class_tokens].abs().max()) == 0.0 for t in targets)
     same = distill_losses(student_logits, student_boxes, targets, class_tokens, LossWeights())
     for term in same:
         assert term.shape == (2,) and float(term.abs().max()) < 1e-6
@@ -65,7 +66,7 @@ def test_distill_loss_is_zero_when_the_student_is_the_teacher_and_positive_other
     assert float(cls[1]) > 1e-3 and float(l1[1]) > 1e-3 and float(giou[1]) > 1e-3
     # an L1 check against an independent sum: 3 matched boxes per image, each moved by 0.05 in x
     # and y, weighted by the teacher's score, over the summed scores
-    scores = torch.cat([t.token_map.max(-1).values for t in targets])
+    scores = torch.cat([t.token_map.max(-1).values for t in targets[2:]])  # set 1's targets
     assert float(l1[1]) == pytest.approx(0.1 * float(scores.sum()) / max(float(scores.sum()), 1.0), rel=1e-4)
 
 

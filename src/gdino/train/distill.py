@@ -96,15 +96,16 @@ def distill_losses(
     logits: Tensor, boxes: Tensor, targets: Sequence[Target], class_tokens: Tensor, weights: LossWeights
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Class / L1 / GIoU distillation losses ``[S]`` of ``S`` student prediction sets
-    ``logits [S, B, Q, L]``, ``boxes [S, B, Q, 4]`` against the teacher's soft ``targets`` (from
-    :func:`teacher_targets`), each set matched on its own; divided by the teacher's summed scores."""
+    ``logits [S, B, Q, L]``, ``boxes [S, B, Q, 4]`` against the teacher's soft ``targets`` of the same
+    sets (``S * B`` of them, set-major, from :func:`teacher_targets` on the teacher's sets), each set
+    and image matched on its own; divided by the teacher's summed scores per set."""
     w = weights
-    sets, b, _, length = logits.shape
+    sets, b, q, length = logits.shape
     device = logits.device
-    mask = class_tokens.to(device)[:length][None].expand(b, length)
-    indices = hungarian_match(
-        logits.detach(),
-        boxes.detach(),
+    mask = class_tokens.to(device)[:length][None].expand(sets * b, length)
+    indices = hungarian_match(  # the S * B (set, image) pairs as one batch
+        logits.detach().reshape(sets * b, q, length),
+        boxes.detach().reshape(sets * b, q, 4),
         targets,
         mask,
         w.cost_class,
@@ -114,21 +115,29 @@ def distill_losses(
         w.focal_gamma,
         length,
     )
-    s_idx, b_idx, q_idx, g_idx = (
+    _, k_idx, q_idx, g_idx = (
         x.to(device, non_blocking=True) for x in flatten_matches(indices, [len(t) for t in targets])
     )
+    s_idx, b_idx = k_idx // b, k_idx % b
     maps = torch.cat([t.token_map[:, :length] for t in targets]).to(device, torch.float32)
     soft = torch.zeros(logits.shape, dtype=torch.float32, device=device)
     soft[s_idx, b_idx, q_idx] = maps[g_idx]
-    cls = soft_focal_per_set(logits, soft, mask[None, :, None, :], w.focal_gamma)
+    cls = soft_focal_per_set(logits, soft, mask.view(sets, b, 1, length), w.focal_gamma)
     score = maps.max(-1).values
     tgt = torch.cat([t.boxes for t in targets]).to(device, torch.float32)[g_idx]
     pred = boxes[s_idx, b_idx, q_idx].float()
     l1 = (pred - tgt).abs().sum(-1) * score[g_idx]
     giou = (1 - elementwise_generalized_box_iou(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(tgt))) * score[g_idx]
     zeros = pred.new_zeros(sets)
-    norm = score.sum().clamp(min=1.0)
+    per_target_set = torch.cat([torch.full((len(t),), i // b, dtype=torch.long) for i, t in enumerate(targets)])
+    norm = zeros.index_add(0, per_target_set.to(device), score).clamp(min=1.0)
     return cls / norm, zeros.index_add(0, s_idx, l1) / norm, zeros.index_add(0, s_idx, giou) / norm
+
+
+def prediction_sets(output: GroundingDINOOutput, length: int) -> tuple[Tensor, Tensor]:
+    """Every decoder layer's and the encoder proposals' logits ``[S, B, Q, length]`` and boxes."""
+    logits = torch.stack([lg[..., :length] for lg in (*output.layer_logits, output.enc_logits)])
+    return logits, torch.stack([*output.layer_boxes, output.enc_boxes])
 
 
 class DistillForward(TrainForward):
@@ -175,11 +184,13 @@ class Distiller:
         with torch.autocast(pixel_values.device.type, enabled=False):
             teacher = self.teacher_output(pixel_values, pixel_mask)
             length = self.prompt.class_tokens.shape[0]
-            targets = teacher_targets(teacher.logits[..., :length], teacher.boxes, self.prompt.class_tokens, self.topk)
             w = self.weights
             last = len(student.layer_logits) - 1
-            logits = torch.stack([lg[..., :length] for lg in (*student.layer_logits, student.enc_logits)])
-            boxes = torch.stack([*student.layer_boxes, student.enc_boxes])
+            logits, boxes = prediction_sets(student, length)
+            t_logits, t_boxes = prediction_sets(teacher, length)
+            targets = teacher_targets(
+                t_logits.flatten(0, 1), t_boxes.flatten(0, 1), self.prompt.class_tokens, self.topk
+            )
             cls, l1, giou = distill_losses(logits, boxes, targets, self.prompt.class_tokens, w)
             factors = torch.tensor([1.0 if i == last else w.aux for i in range(last + 1)] + [w.enc])
             factors = factors.to(cls.device, non_blocking=True)
