@@ -201,7 +201,6 @@ def main() -> int:
     extra = list(args.set)
     result["set"] = extra
     path = out / "result.json"
-    previous = json.loads(path.read_text()) if args.keep_results and path.is_file() else {}
     for spec in [r for r in args.runs.split(",") if r]:
         name, _, value = spec.partition("@")
         if name not in VARIANTS:
@@ -216,6 +215,8 @@ def main() -> int:
             "cpu_s_per_step": round(cpu / args.finetune_steps, 3),
         }
         result[key]["load_avg"] = round(os.getloadavg()[0], 1)
+        result[key]["set"] = extra
+    previous = json.loads(path.read_text()) if args.keep_results and path.is_file() else {}  # read late: parallel calls
     runs = {
         k: v for k, v in {**previous, **result}.items() if isinstance(v, dict) and "old_AP" in v and k != "pretrained"
     }

@@ -133,7 +133,7 @@ class LossSection:
     dn_max_groups: int = 0
     distill_classes: tuple[str, ...] = ()
     distill_weight: float = 1.0
-    distill_topk: int = 10
+    distill_topk: int = 30
 
     def __post_init__(self) -> None:
         if self.distill_weight < 0:
