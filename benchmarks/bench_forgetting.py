@@ -1,5 +1,6 @@
 """Fine-tuning without forgetting, measured on generated shapes: pretrain on old classes, fine-tune on
-new ones, score both before and after, for plain fine-tuning, frozen encoders and pseudo-label replay.
+new ones, score both before and after, for plain fine-tuning, frozen encoders, pseudo-label replay
+and distillation from the starting model.
 
 Setting (every image 128 px, shapes variant generator):
 - old classes: the red and green shapes (16 classes); new classes: the blue and yellow ones (16);
@@ -9,14 +10,22 @@ Setting (every image 128 px, shapes variant generator):
 - validation: held-out all-color images, scored once with the old classes' prompt and annotations
   and once with the new classes'.
 
-Runs from the same pretrained weights, same steps: ``plain`` (everything trained; the text encoder,
-frozen during pretraining, at 0.1x the learning rate), ``frozen``
-(backbone and text encoder frozen, as the ``small-data`` preset), ``replay`` (plain plus
-``data.replay_classes`` = the old classes: the starting model pseudo-labels them on the
-fine-tuning images first). Goal: old-class AP >= 80% of its pretrained value while new-class AP
->= 95% of plain fine-tuning's.
+Runs from the same pretrained weights, same steps (``--runs``, ``NAME@VALUE`` sets the run's value):
+``plain`` (everything trained; the text encoder, frozen during pretraining, at 0.1x the learning
+rate), ``frozen`` (backbone and text encoder frozen, as the ``small-data`` preset),
+``replay@THRESHOLD`` (plain plus ``data.replay_classes`` = the old classes: the starting model
+pseudo-labels them on the fine-tuning images first, class-wise NMS), ``replay-agnostic@THRESHOLD``
+(the same with ``data.replay_nms=agnostic``: one label per object), ``distill@WEIGHT`` (plain plus
+``loss.distill_classes`` = the old classes, ``loss.distill_weight`` = WEIGHT: a frozen copy of the
+starting model is distilled into the model on every batch, :mod:`gdino.train.distill`) and
+``distill+replay@WEIGHT`` (both, replay at 0.15). Goal: old-class AP >= 80% of its pretrained value
+while new-class AP >= 95% of plain fine-tuning's. The pretrained model (OUT/run-pretrain) is reused
+when it exists, so further calls with other ``--runs`` (``--keep-results`` merges them into one
+OUT/result.json; ``--set KEY=VALUE`` overrides every run, ``--tag`` names such runs apart) cost only
+the fine-tuning.
 
-    python benchmarks/bench_forgetting.py --out /tmp/gdino-forget --pretrain-steps 1000 --finetune-steps 400
+    python benchmarks/bench_forgetting.py --out /tmp/gdino-forget --pretrain-steps 1000 --finetune-steps 300 \
+        --images 400 300 80 --runs plain,frozen,distill@4 --threads 1
 
 Prints one JSON line (also OUT/result.json).
 """
@@ -46,9 +55,15 @@ VARIANTS = {
         "data.replay_nms=agnostic",
     ],
     "distill": lambda v, old: [f"loss.distill_classes={old}", f"loss.distill_weight={v}"],
+    "distill+replay": lambda v, old: [
+        f"loss.distill_classes={old}",
+        f"loss.distill_weight={v}",
+        f"data.replay_classes={old}",
+        "data.replay_threshold=0.15",
+    ],
 }
 #: The value a run takes without ``@VALUE``.
-DEFAULTS = {"replay": "0.3", "replay-agnostic": "0.15", "distill": "1.0"}
+DEFAULTS = {"replay": "0.3", "replay-agnostic": "0.15", "distill": "1.0", "distill+replay": "1.0"}
 
 
 def make_data(out: Path, seed: int, n_pre: int, n_ft: int, n_val: int) -> dict[str, str]:
@@ -130,7 +145,7 @@ def main() -> int:
     parser.add_argument(
         "--runs",
         default="plain,frozen,replay,distill",
-        help="comma-separated runs: plain, frozen, replay[@THRESHOLD], replay-agnostic[@THRESHOLD], distill[@WEIGHT]",
+        help="comma-separated runs: plain, frozen, replay[@THRESHOLD], replay-agnostic[@THRESHOLD], distill[@WEIGHT], distill+replay[@WEIGHT] (replay at 0.15)",
     )
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every fine-tuning run"
