@@ -162,7 +162,8 @@ class Distiller:
 
     ``add_to(losses, student, pixel_values, pixel_mask)`` runs the teacher on the batch and adds
     ``loss_distill`` (the weighted class/L1/GIoU sum over the student's prediction sets, with the
-    criterion's per-set factors) to ``losses``; ``total`` grows by ``weight * loss_distill``."""
+    criterion's per-set factors) to ``losses``; ``total`` grows by ``weight * loss_distill``. The
+    teacher runs in float32 (outside autocast), as the losses do."""
 
     def __init__(self, model: GroundingDINO, classes: Sequence[str], weight: float, topk: int, weights: LossWeights):
         if model.tokenizer is None:

@@ -152,7 +152,8 @@ class Trainer:
         Host syncs per step, whatever the batch size or layer count: one device-to-host copy of
         every layer's matching costs (scipy's Hungarian runs on the host) and one of the loss
         values with the grad norm (the NaN check, before the optimizer step); one all-reduce
-        more in a multi-process job. Held by tests/test_train_syncs.py.
+        more in a multi-process job. Held by tests/test_train_syncs.py. Distillation
+        (``loss.distill_classes``) adds one: the matching to the teacher's queries.
         """
         host_targets = batch.targets
         batch = batch.to(self.device, non_blocking=True)
