@@ -18,7 +18,7 @@ pseudo-labels them on the fine-tuning images first, class-wise NMS), ``replay-ag
 (the same with ``data.replay_nms=agnostic``: one label per object), ``distill@WEIGHT`` (plain plus
 ``loss.distill_classes`` = the old classes, ``loss.distill_weight`` = WEIGHT: a frozen copy of the
 starting model is distilled into the model on every batch, :mod:`gdino.train.distill`) and
-``distill+replay@WEIGHT`` (both, replay at 0.15). Goal: old-class AP >= 80% of its pretrained value
+``distill+replay@WEIGHT`` (both, replay at 0.15 with one label per object; not measured yet). Goal: old-class AP >= 80% of its pretrained value
 while new-class AP >= 95% of plain fine-tuning's. The pretrained model (OUT/run-pretrain) is reused
 when it exists, so further calls with other ``--runs`` (``--keep-results`` merges them into one
 OUT/result.json; ``--set KEY=VALUE`` overrides every run, ``--tag`` names such runs apart) cost only
@@ -60,6 +60,7 @@ VARIANTS = {
         f"loss.distill_weight={v}",
         f"data.replay_classes={old}",
         "data.replay_threshold=0.15",
+        "data.replay_nms=agnostic",
     ],
 }
 #: The value a run takes without ``@VALUE``.
@@ -145,7 +146,7 @@ def main() -> int:
     parser.add_argument(
         "--runs",
         default="plain,frozen,replay,distill",
-        help="comma-separated runs: plain, frozen, replay[@THRESHOLD], replay-agnostic[@THRESHOLD], distill[@WEIGHT], distill+replay[@WEIGHT] (replay at 0.15)",
+        help="comma-separated runs: plain, frozen, replay[@THRESHOLD], replay-agnostic[@THRESHOLD], distill[@WEIGHT], distill+replay[@WEIGHT] (replay-agnostic at 0.15)",
     )
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every fine-tuning run"
