@@ -18,7 +18,7 @@ pseudo-labels them on the fine-tuning images first, class-wise NMS), ``replay-ag
 (the same with ``data.replay_nms=agnostic``: one label per object), ``distill@WEIGHT`` (plain plus
 ``loss.distill_classes`` = the old classes, ``loss.distill_weight`` = WEIGHT: a frozen copy of the
 starting model is distilled into the model on every batch, :mod:`gdino.train.distill`) and
-``distill+replay@WEIGHT`` (both, replay at 0.15 with one label per object; not measured yet).
+``distill+replay@WEIGHT`` (both, replay at 0.15 with one label per object).
 Goal: old-class AP >= 80% of its pretrained value while new-class AP >= 95% of plain fine-tuning's. The pretrained model (OUT/run-pretrain) is reused
 when it exists, so further calls with other ``--runs`` (``--keep-results`` merges them into one
 OUT/result.json; ``--set KEY=VALUE`` overrides every run, ``--tag`` names such runs apart) cost only
