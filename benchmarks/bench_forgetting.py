@@ -1,5 +1,6 @@
 """Fine-tuning without forgetting, measured on generated shapes: pretrain on old classes, fine-tune on
-new ones, score both before and after, for plain fine-tuning, frozen encoders and pseudo-label replay.
+new ones, score both before and after, for plain fine-tuning, frozen encoders, pseudo-label replay
+and distillation from the starting model.
 
 Setting (every image 128 px, shapes variant generator):
 - old classes: the red and green shapes (16 classes); new classes: the blue and yellow ones (16);
@@ -9,14 +10,22 @@ Setting (every image 128 px, shapes variant generator):
 - validation: held-out all-color images, scored once with the old classes' prompt and annotations
   and once with the new classes'.
 
-Runs from the same pretrained weights, same steps: ``plain`` (everything trained; the text encoder,
-frozen during pretraining, at 0.1x the learning rate), ``frozen``
-(backbone and text encoder frozen, as the ``small-data`` preset), ``replay`` (plain plus
-``data.replay_classes`` = the old classes: the starting model pseudo-labels them on the
-fine-tuning images first). Goal: old-class AP >= 80% of its pretrained value while new-class AP
->= 95% of plain fine-tuning's.
+Runs from the same pretrained weights, same steps (``--runs``, ``NAME@VALUE`` sets the run's value):
+``plain`` (everything trained; the text encoder, frozen during pretraining, at 0.1x the learning
+rate), ``frozen`` (backbone and text encoder frozen, as the ``small-data`` preset),
+``replay@THRESHOLD`` (plain plus ``data.replay_classes`` = the old classes: the starting model
+pseudo-labels them on the fine-tuning images first, class-wise NMS), ``replay-agnostic@THRESHOLD``
+(the same with ``data.replay_nms=agnostic``: one label per object), ``distill@WEIGHT`` (plain plus
+``loss.distill_classes`` = the old classes, ``loss.distill_weight`` = WEIGHT: a frozen copy of the
+starting model is distilled into the model on every batch, :mod:`gdino.train.distill`) and
+``distill+replay@WEIGHT`` (both, replay at 0.15 with one label per object).
+Goal: old-class AP >= 80% of its pretrained value while new-class AP >= 95% of plain fine-tuning's. The pretrained model (OUT/run-pretrain) is reused
+when it exists, so further calls with other ``--runs`` (``--keep-results`` merges them into one
+OUT/result.json; ``--set KEY=VALUE`` overrides every run, ``--tag`` names such runs apart) cost only
+the fine-tuning.
 
-    python benchmarks/bench_forgetting.py --out /tmp/gdino-forget --pretrain-steps 1000 --finetune-steps 400
+    python benchmarks/bench_forgetting.py --out /tmp/gdino-forget --pretrain-steps 1000 --finetune-steps 300 \
+        --images 400 300 80 --runs plain,frozen,distill@4 --threads 1
 
 Prints one JSON line (also OUT/result.json).
 """
@@ -33,6 +42,29 @@ from dataclasses import replace
 from pathlib import Path
 
 OLD_COLORS, NEW_COLORS = ("red", "green"), ("blue", "yellow")
+
+
+#: Config overrides of each fine-tuning run: ``fn(value, old class names as JSON) -> [key=value]``.
+VARIANTS = {
+    "plain": lambda v, old: [],
+    "frozen": lambda v, old: ["model.freeze_backbone=true", "model.freeze_text=true"],
+    "replay": lambda v, old: [f"data.replay_classes={old}", f"data.replay_threshold={v}"],
+    "replay-agnostic": lambda v, old: [
+        f"data.replay_classes={old}",
+        f"data.replay_threshold={v}",
+        "data.replay_nms=agnostic",
+    ],
+    "distill": lambda v, old: [f"loss.distill_classes={old}", f"loss.distill_weight={v}"],
+    "distill+replay": lambda v, old: [
+        f"loss.distill_classes={old}",
+        f"loss.distill_weight={v}",
+        f"data.replay_classes={old}",
+        "data.replay_threshold=0.15",
+        "data.replay_nms=agnostic",
+    ],
+}
+#: The value a run takes without ``@VALUE``.
+DEFAULTS = {"replay": "0.3", "replay-agnostic": "0.15", "distill": "1.0", "distill+replay": "1.0"}
 
 
 def make_data(out: Path, seed: int, n_pre: int, n_ft: int, n_val: int) -> dict[str, str]:
@@ -110,9 +142,21 @@ def main() -> int:
     parser.add_argument("--finetune-steps", type=int, default=400)
     parser.add_argument("--finetune-lr", type=float, default=2e-4)
     parser.add_argument("--images", type=int, nargs=3, default=(600, 400, 100), metavar=("PRE", "FT", "VAL"))
-    parser.add_argument("--replay-threshold", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", default="plain,frozen,replay")
+    parser.add_argument(
+        "--runs",
+        default="plain,frozen,replay,distill",
+        help="comma-separated runs: plain, frozen, replay[@THRESHOLD], replay-agnostic[@THRESHOLD], distill[@WEIGHT], distill+replay[@WEIGHT] (replay-agnostic at 0.15)",
+    )
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for every fine-tuning run"
+    )
+    parser.add_argument("--tag", default="", help="suffix of the run names (runs with other --set values)")
+    parser.add_argument(
+        "--keep-results",
+        action="store_true",
+        help="merge into OUT/result.json (runs of earlier calls) instead of replacing it",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
@@ -169,24 +213,38 @@ def main() -> int:
         f"data.train={files['train_new']}",
         f"data.train_images={files['images_ft']}",
     ]
-    variants = {
-        "plain": [],
-        "frozen": ["model.freeze_backbone=true", "model.freeze_text=true"],
-        "replay": [f"data.replay_classes={files['old_names']}", f"data.replay_threshold={args.replay_threshold}"],
+    old_names = files["old_names"]
+    extra = list(args.set)
+    result["set"] = extra
+    path = out / "result.json"
+    for spec in [r for r in args.runs.split(",") if r]:
+        name, _, value = spec.partition("@")
+        if name not in VARIANTS:
+            parser.error(f"--runs: unknown run {name!r}; choose from {', '.join(VARIANTS)}")
+        overrides = VARIANTS[name](value or DEFAULTS.get(name, ""), old_names)
+        key = (f"{name}@{value}" if value else name) + args.tag
+        cfg = load_config("smoke", [*ft, *overrides, *extra])
+        model, cpu = run(replace(cfg, output_dir=str(out / f"run-{key}")), key)
+        result[key] = {
+            **score(model, files, 128),
+            "cpu_s": round(cpu, 1),
+            "cpu_s_per_step": round(cpu / args.finetune_steps, 3),
+        }
+        result[key]["load_avg"] = round(os.getloadavg()[0], 1)
+        result[key]["set"] = extra
+    previous = json.loads(path.read_text()) if args.keep_results and path.is_file() else {}  # read late: parallel calls
+    runs = {
+        k: v for k, v in {**previous, **result}.items() if isinstance(v, dict) and "old_AP" in v and k != "pretrained"
     }
-    for name in args.runs.split(","):
-        cfg = load_config("smoke", [*ft, *variants[name]])
-        model, cpu = run(replace(cfg, output_dir=str(out / f"run-{name}")), name)
-        result[name] = {**score(model, files, 128), "cpu_s": round(cpu, 1)}
     base_old = result["pretrained"]["old_AP"]
-    plain_new = result.get("plain", {}).get("new_AP")
-    for name in args.runs.split(","):
-        r = result[name]
+    plain_new = runs.get("plain", {}).get("new_AP")
+    for key, r in runs.items():
         r["old_kept"] = round(r["old_AP"] / base_old, 3) if base_old else None
         r["new_vs_plain"] = round(r["new_AP"] / plain_new, 3) if plain_new else None
+    result = {**previous, **result, **runs}
     result["load_avg_end"] = round(os.getloadavg()[0], 1)
     line = json.dumps(result)
-    (out / "result.json").write_text(line + "\n", encoding="utf-8")
+    path.write_text(line + "\n", encoding="utf-8")
     print(line)
     return 0
 

@@ -49,3 +49,17 @@ def test_confident_boxes_join_as_new_categories():
 def test_a_replayed_class_that_is_already_a_category_keeps_its_id():
     merged, added = merge_pseudo_labels(coco(), [det(2, 5, [0, 0, 10, 10], 0.9)], {5: "blue square"}, threshold=0.5)
     assert added == 1 and len(merged["categories"]) == 1 and merged["annotations"][-1]["category_id"] == 1
+
+
+def test_class_agnostic_nms_keeps_one_label_per_object():
+    results = [
+        det(2, 1, [40, 40, 20, 20], 0.6),  # red circle
+        det(2, 2, [41, 41, 20, 20], 0.5),  # green star on the same object (IoU 0.82): kept per class only
+        det(2, 2, [0, 0, 10, 10], 0.4),  # another object: kept either way
+    ]
+    names = {1: "red circle", 2: "green star"}
+    _, per_class = merge_pseudo_labels(coco(), results, names, threshold=0.3)
+    merged, agnostic = merge_pseudo_labels(coco(), results, names, threshold=0.3, class_agnostic=True)
+    assert per_class == 3 and agnostic == 2
+    kept = [(a["category_id"], a["bbox"][0]) for a in merged["annotations"] if a.get("pseudo")]
+    assert kept == [(2, pytest.approx(40)), (3, pytest.approx(0))]

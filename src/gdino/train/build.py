@@ -181,7 +181,14 @@ def build_trainer(cfg: TrainConfig, dist_info: DistInfo | None = None, device: t
         out_json = Path(cfg.output_dir) / "replay" / "train.json"
         if info.main:
             replay_annotations(
-                model, data.train, images, data.replay_classes, data.replay_threshold, data.image_size, out_json
+                model,
+                data.train,
+                images,
+                data.replay_classes,
+                data.replay_threshold,
+                data.image_size,
+                out_json,
+                class_agnostic=data.replay_nms == "agnostic",
             )
         if info.world > 1:
             dist.barrier()

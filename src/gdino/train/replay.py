@@ -2,8 +2,9 @@
 it should keep (``data.replay_classes``) on the fine-tuning images, and those boxes join the
 annotations, so fine-tuning keeps seeing (and being asked for) the old classes.
 
-The labels are the model's own confident detections (score >= ``data.replay_threshold``, class-wise
-NMS at IoU 0.5), minus any that overlap an annotated box (IoU > 0.5: the annotation wins).
+The labels are the model's own confident detections (score >= ``data.replay_threshold``, NMS at IoU
+0.5, class-wise or, with ``data.replay_nms=agnostic``, across classes: one label per object, the
+most confident), minus any that overlap an annotated box (IoU > 0.5: the annotation wins).
 The merged COCO file is written once per run folder (atomically) and reused on resume.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms, box_iou, nms
 
 from gdino.core.files import read_json, write_json
 from gdino.errors import GdinoError
@@ -39,10 +40,11 @@ def merge_pseudo_labels(
     category_names: dict[int, str],
     threshold: float,
     iou: float = 0.5,
+    class_agnostic: bool = False,
 ) -> tuple[dict[str, Any], int]:
     """``data`` (COCO) plus the ``results`` (COCO detections over categories ``category_names``)
-    scoring >= ``threshold``, after class-wise NMS and without boxes that overlap an annotation by
-    more than ``iou``. Replayed classes get new category ids unless ``data`` already names them.
+    scoring >= ``threshold``, after NMS (class-wise, or across classes when ``class_agnostic``)
+    and without boxes that overlap an annotation by more than ``iou``. Replayed classes get new category ids unless ``data`` already names them.
     Returns the merged dict and the number of boxes added. Pure: ``data`` is not modified."""
     cats = [dict(c) for c in data["categories"]]
     by_name = {c["name"]: c["id"] for c in cats}
@@ -69,7 +71,7 @@ def merge_pseudo_labels(
         boxes = torch.tensor([_xyxy(r["bbox"]) for r in rows], dtype=torch.float32)
         scores = torch.tensor([r["score"] for r in rows], dtype=torch.float32)
         labels = torch.tensor([r["category_id"] for r in rows])
-        keep = batched_nms(boxes, scores, labels, iou).tolist()
+        keep = (nms(boxes, scores, iou) if class_agnostic else batched_nms(boxes, scores, labels, iou)).tolist()
         if gt_boxes[image_id]:
             overlap = box_iou(boxes[keep], torch.tensor(gt_boxes[image_id], dtype=torch.float32)).max(1).values
             keep = [k for k, o in zip(keep, overlap.tolist()) if o <= iou]
@@ -99,6 +101,7 @@ def replay_annotations(
     threshold: float,
     image_size: int,
     out: Path,
+    class_agnostic: bool = False,
 ) -> str:
     """Write ``out`` (once): ``train_json`` plus ``model``'s pseudo-labels of ``classes`` on its images."""
     if out.is_file():
@@ -115,7 +118,7 @@ def replay_annotations(
         detector = Detector(model, DetectOptions(box_threshold=threshold, topk=100, image_size=image_size))
         results = predict_dataset(detector, gt, images_dir, progress=False, desc="replay")
     model.train(was_training)
-    merged, added = merge_pseudo_labels(data, results, replay, threshold)
+    merged, added = merge_pseudo_labels(data, results, replay, threshold, class_agnostic=class_agnostic)
     logger.info("replay: %d pseudo-labelled boxes of %d classes on %d images", added, len(classes), len(data["images"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     return str(write_json(out, merged, indent=None))

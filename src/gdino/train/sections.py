@@ -47,7 +47,8 @@ class DataSection:
     (0: the variant's size). ``image_size``: evaluation shorter side; the training scales are the official ones
     times ``image_size / 800``. ``replay_classes``: classes the starting model should keep
     (pseudo-label replay against forgetting, :mod:`gdino.train.replay`: before training it labels
-    them on the training images, boxes scoring >= ``replay_threshold``); empty = off.
+    them on the training images, boxes scoring >= ``replay_threshold``, after NMS per class or,
+    with ``replay_nms="agnostic"``, across classes); empty = off.
     """
 
     train: str | None = None
@@ -68,6 +69,10 @@ class DataSection:
     max_classes: int = 80
     replay_classes: tuple[str, ...] = ()
     replay_threshold: float = 0.3
+    replay_nms: str = "class"
+
+    def __post_init__(self) -> None:
+        _choice("data.replay_nms", self.replay_nms, ("class", "agnostic"))
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,13 @@ class ScheduleSection:
 class LossSection:
     """Loss weight recipe (``gdino.train.criterion``) and contrastive denoising: about ``dn_number``
     denoising queries, in ``dn_number // (most boxes in an image)`` groups, at most ``dn_max_groups``
-    of them when that is > 0."""
+    of them when that is > 0.
+
+    ``distill_classes``: classes the starting model should keep (distillation against forgetting,
+    :mod:`gdino.train.distill`: a frozen copy of the starting model scores every batch with their
+    prompt, and the model learns to reproduce its ``distill_topk`` most confident queries per
+    image, next to the normal loss, with weight ``distill_weight``); empty = off.
+    """
 
     recipe: str = "open-groundingdino"
     denoising: bool = True
@@ -120,6 +131,15 @@ class LossSection:
     dn_label_noise: float = 0.5
     dn_box_noise: float = 1.0
     dn_max_groups: int = 0
+    distill_classes: tuple[str, ...] = ()
+    distill_weight: float = 1.0
+    distill_topk: int = 30
+
+    def __post_init__(self) -> None:
+        if self.distill_weight < 0:
+            raise ConfigError(f"loss.distill_weight: {self.distill_weight} is negative")
+        if self.distill_topk < 1:
+            raise ConfigError(f"loss.distill_topk: {self.distill_topk} must be at least 1")
 
 
 @dataclass(frozen=True)

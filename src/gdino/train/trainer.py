@@ -19,18 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from gdino.errors import GdinoError
 from gdino.model.grounding_dino import GroundingDINO
-from gdino.text.tokenize import tokenize
 from gdino.train.checkpointing import LoopState, averaged_model, export_weights, resume_run, save_run
 from gdino.train.config import save_config
+from gdino.train.criterion import LossWeights
 from gdino.train.data_order import EpochBatches, SeededDataset
-from gdino.train.denoising import DenoisingConfig, build_denoising
+from gdino.train.denoising import DenoisingConfig
+from gdino.train.distill import Distiller, DistillForward
 from gdino.train.distributed import DistInfo, any_rank, barrier, init_distributed, seed_everything
 from gdino.train.ema import ModelEMA
+from gdino.train.forward import TrainForward
 from gdino.train.optim import apply_freezing, build_optimizer, build_scheduler
 from gdino.train.sections import TrainConfig
 
@@ -39,39 +41,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingDiverged(GdinoError):
     """The loss became NaN or infinite."""
-
-
-# ---------------------------------------------------------------------------------------- forward
-class TrainForward(nn.Module):
-    """The training forward as one module (so DDP sees it): text, image, denoising, decoder."""
-
-    def __init__(self, model: GroundingDINO, denoising: Any = None) -> None:
-        super().__init__()
-        self.model = model
-        self.denoising = denoising  # a gdino.train.denoising.DenoisingConfig, or None for off
-
-    def forward(
-        self, pixel_values: Tensor, pixel_mask: Tensor, captions: list[str], targets: list
-    ) -> tuple[Any, Any, int]:
-        """Returns the model output, the denoising meta (or None) and the longest prompt's token
-        count. Captions are tokenized on the host, so the prompt lengths need no device read;
-        ``targets`` may stay on the host too (the denoising noise is drawn there)."""
-        m = self.model
-        if m.tokenizer is None:
-            raise GdinoError("the model has no tokenizer attached: training needs one")
-        text = tokenize(m.tokenizer, list(captions), m.config.max_text_len)
-        text_features = m.encode_text(text.to(pixel_values.device))
-        image_features = m.encode_image(pixel_values, pixel_mask)
-        dn = meta = None
-        if self.denoising is not None:
-            lens = text.attention_mask.sum(1).tolist()  # a host tensor: no sync
-            # query selection keeps min(num_queries, encoder tokens): small images have fewer than 900
-            tokens = sum(f.shape[-2] * f.shape[-1] for f in image_features.maps)
-            queries = min(m.config.num_queries, tokens)
-            built = build_denoising(targets, text_features, queries, self.denoising, valid_lens=lens)
-            if built is not None:
-                dn, meta = built
-        return m.forward_features(image_features, text_features, dn), meta, text.input_ids.shape[1]
 
 
 # ---------------------------------------------------------------------------------------- the loop
@@ -98,6 +67,18 @@ class Trainer:
         self.device = torch.device(device)
         self.out = Path(cfg.output_dir)
         self.model: GroundingDINO = model.to(self.device)
+        loss = cfg.loss
+        self.distiller = (
+            Distiller(
+                self.model,
+                loss.distill_classes,
+                loss.distill_weight,
+                loss.distill_topk,
+                getattr(criterion, "weights", LossWeights()),  # the criterion's recipe (SetCriterion)
+            )
+            if loss.distill_classes
+            else None
+        )
         apply_freezing(self.model, cfg.model)
         self.model.use_checkpoint = cfg.model.gradient_checkpointing
         self.dataset = SeededDataset(dataset, cfg.seed)
@@ -116,7 +97,11 @@ class Trainer:
             dn = DenoisingConfig(
                 cfg.loss.dn_number, cfg.loss.dn_label_noise, cfg.loss.dn_box_noise, eps, cfg.loss.dn_max_groups
             )
-        self.forward_module: nn.Module = TrainForward(self.model, dn)
+        self.forward_module: nn.Module = (
+            TrainForward(self.model, dn)
+            if self.distiller is None
+            else DistillForward(self.model, dn, self.distiller.prompt)
+        )
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_module = nn.parallel.DistributedDataParallel(self.forward_module, device_ids=ids)
@@ -167,7 +152,8 @@ class Trainer:
         Host syncs per step, whatever the batch size or layer count: one device-to-host copy of
         every layer's matching costs (scipy's Hungarian runs on the host) and one of the loss
         values with the grad norm (the NaN check, before the optimizer step); one all-reduce
-        more in a multi-process job. Held by tests/test_train_syncs.py.
+        more in a multi-process job. Held by tests/test_train_syncs.py. Distillation
+        (``loss.distill_classes``) adds one: the matching to the teacher's queries.
         """
         host_targets = batch.targets
         batch = batch.to(self.device, non_blocking=True)
@@ -176,10 +162,12 @@ class Trainer:
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
         )
         with autocast:
-            output, meta, text_len = self.forward_module(
+            output, meta, text_len, *kept = self.forward_module(
                 batch.pixel_values, batch.pixel_mask, batch.captions, host_targets
             )
         losses = self.criterion(output, batch.targets, meta, text_len=text_len)
+        if self.distiller is not None:  # one more host sync: the matching to the teacher's queries
+            losses = self.distiller.add_to(losses, kept[0], batch.pixel_values, batch.pixel_mask)
         loss = losses["total"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
