@@ -120,25 +120,7 @@ def gdino_rows(args, device: torch.device) -> list[dict]:
         if cpu_ref is not None:
             rows.append({"impl": "gdino", "precision": "fp32 GPU vs CPU", **drift(ref, cpu_ref)})
         for name in args.precisions.split(","):
-            with precision(name, device):
-                out = forward(one)
-                d = drift(out, ref)
-                b1 = time_forward(lambda: forward(one), device, args.warmup, args.repeats)
-                captions = model.tokenize([CAPTION] * args.batch)
-                bn = time_forward(lambda: model(many, captions), device, args.warmup, args.repeats)
-            rows.append(
-                {
-                    "impl": "gdino",
-                    "precision": name,
-                    "size": args.size,
-                    "latency_b1_ms": round(b1["median_s"] * 1000, 1),
-                    f"throughput_b{args.batch}_img_s": round(args.batch / bn["median_s"], 1),
-                    "peak_b1_mib": b1["peak_mib"],
-                    f"peak_b{args.batch}_mib": bn["peak_mib"],
-                    **d,
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+            rows.append(timed_row("gdino", name, model, forward, one, many, args, device, ref))
     if args.grid_sample:  # the same model sampling with grid_sample (the official fallback) instead of the gather
         rows += grid_sample_rows(model, forward, one, many, args, device, ref)
     if args.profile:
@@ -146,6 +128,28 @@ def gdino_rows(args, device: torch.device) -> list[dict]:
     if args.detect:
         rows += detect_rows(model, args, device)
     return rows
+
+
+def timed_row(impl, name, model, forward, one, many, args, device, ref) -> dict:
+    """Batch-1 latency and batch-N throughput of ``forward`` at precision ``name``, with its drift
+    against ``ref`` (when given)."""
+    with torch.inference_mode(), precision(name, device):
+        d = drift(forward(one), ref) if ref is not None else {}
+        b1 = time_forward(lambda: forward(one), device, args.warmup, args.repeats)
+        captions = model.tokenize([CAPTION] * args.batch)
+        bn = time_forward(lambda: model(many, captions), device, args.warmup, args.repeats)
+    row = {
+        "impl": impl,
+        "precision": name,
+        "size": args.size,
+        "latency_b1_ms": round(b1["median_s"] * 1000, 1),
+        f"throughput_b{args.batch}_img_s": round(args.batch / bn["median_s"], 1),
+        "peak_b1_mib": b1["peak_mib"],
+        f"peak_b{args.batch}_mib": bn["peak_mib"],
+        **d,
+    }
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def grid_sample_rows(model, forward, one, many, args, device, ref) -> list[dict]:
@@ -157,24 +161,8 @@ def grid_sample_rows(model, forward, one, many, args, device, ref) -> list[dict]
     rows = []
     try:
         for name in ("fp32", "fp16"):
-            with torch.inference_mode(), precision(name, device):
-                d = drift(forward(one), ref) if name == "fp32" else {}
-                b1 = time_forward(lambda: forward(one), device, args.warmup, args.repeats)
-                captions = model.tokenize([CAPTION] * args.batch)
-                bn = time_forward(lambda: model(many, captions), device, args.warmup, args.repeats)
-            rows.append(
-                {
-                    "impl": "gdino, grid_sample sampling",
-                    "precision": name,
-                    "size": args.size,
-                    "latency_b1_ms": round(b1["median_s"] * 1000, 1),
-                    f"throughput_b{args.batch}_img_s": round(args.batch / bn["median_s"], 1),
-                    "peak_b1_mib": b1["peak_mib"],
-                    f"peak_b{args.batch}_mib": bn["peak_mib"],
-                    **d,
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+            impl = "gdino, grid_sample sampling"
+            rows.append(timed_row(impl, name, model, forward, one, many, args, device, ref if name == "fp32" else None))
     finally:
         for m in modules:
             m.method = "auto"

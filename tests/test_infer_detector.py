@@ -202,14 +202,8 @@ def raw_outputs(tiny_model, image, dtype):
     return seen
 
 
-@pytest.mark.parametrize("dtype,box_tol,logit_tol", [("bf16", 0.05, 0.08), ("fp16", 0.01, 0.01)])
-def test_low_precision_on_cpu_is_close_to_fp32(tiny_model, photos, dtype, box_tol, logit_tol, monkeypatch):
-    """Autocast fp16/bf16 against fp32, with the tolerances of the model's own precision test.
-
-    Query selection is a top-k over near-tied scores (random weights), so the low-precision run
-    reuses the fp32 run's selection; then every box is within ``box_tol`` (image = 1) and every
-    valid logit within ``logit_tol`` of the largest logit.
-    """
+def reuse_first_selection(monkeypatch) -> None:
+    """Every forward after the first reuses the first one's query selection (cast to its dtype)."""
     import gdino.model.grounding_dino as gd
 
     chosen = {}
@@ -223,6 +217,17 @@ def test_low_precision_on_cpu_is_close_to_fp32(tiny_model, photos, dtype, box_to
         return result
 
     monkeypatch.setattr(gd, "select_queries", same_selection)
+
+
+@pytest.mark.parametrize("dtype,box_tol,logit_tol", [("bf16", 0.05, 0.08), ("fp16", 0.01, 0.01)])
+def test_low_precision_on_cpu_is_close_to_fp32(tiny_model, photos, dtype, box_tol, logit_tol, monkeypatch):
+    """Autocast fp16/bf16 against fp32, with the tolerances of the model's own precision test.
+
+    Query selection is a top-k over near-tied scores (random weights), so the low-precision run
+    reuses the fp32 run's selection; then every box is within ``box_tol`` (image = 1) and every
+    valid logit within ``logit_tol`` of the largest logit.
+    """
+    reuse_first_selection(monkeypatch)
     ref = raw_outputs(tiny_model, photos[0], "fp32")
     low = raw_outputs(tiny_model, photos[0], dtype)
     assert (low["boxes"] - ref["boxes"]).abs().max() < box_tol
@@ -235,23 +240,11 @@ def test_bf16_on_cpu_loads_bf16_weights_close_to_fp32(tiny_model, tiny_checkpoin
     """``from_pretrained(dtype="bf16")`` on the CPU stores the weights in bf16 (other dtypes keep
     float32 and autocast); its outputs stay within the autocast-bf16 tolerances of the fp32 model,
     with the fp32 run's query selection reused as in the test above."""
-    import gdino.model.grounding_dino as gd
-
     low_model = Detector.from_pretrained(str(tiny_checkpoint), device="cpu", dtype="bf16").model
     assert {p.dtype for p in low_model.parameters()} == {torch.bfloat16}
     fp16 = Detector.from_pretrained(str(tiny_checkpoint), device="cpu", options=None, dtype="fp16")
     assert {p.dtype for p in fp16.model.parameters()} == {torch.float32}
-    chosen = {}
-    original = gd.select_queries
-
-    def same_selection(memory, *args, **kwargs):
-        result = original(memory, *args, **kwargs)
-        if "ref" in chosen:
-            return tuple(t.to(r.dtype) for t, r in zip(chosen["ref"], result))
-        chosen["ref"] = result
-        return result
-
-    monkeypatch.setattr(gd, "select_queries", same_selection)
+    reuse_first_selection(monkeypatch)
     ref = raw_outputs(tiny_model, photos[0], "fp32")
     low = raw_outputs(low_model, photos[0], "bf16")
     assert (low["boxes"].float() - ref["boxes"]).abs().max() < 0.05
