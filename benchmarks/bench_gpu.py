@@ -138,16 +138,21 @@ def timed_row(impl, name, model, forward, one, many, args, device, ref) -> dict:
         b1 = time_forward(lambda: forward(one), device, args.warmup, args.repeats)
         captions = model.tokenize([CAPTION] * args.batch)
         bn = time_forward(lambda: model(many, captions), device, args.warmup, args.repeats)
+    return speed_row(impl, name, args, b1, bn, **d)
+
+
+def speed_row(impl: str, name: str, args, b1: dict, bn: dict, peaks: bool = True, **extra) -> dict:
+    """One printed result row from the batch-1 and batch-N timings of :func:`time_forward`."""
     row = {
         "impl": impl,
         "precision": name,
         "size": args.size,
         "latency_b1_ms": round(b1["median_s"] * 1000, 1),
         f"throughput_b{args.batch}_img_s": round(args.batch / bn["median_s"], 1),
-        "peak_b1_mib": b1["peak_mib"],
-        f"peak_b{args.batch}_mib": bn["peak_mib"],
-        **d,
     }
+    if peaks:
+        row.update({"peak_b1_mib": b1["peak_mib"], f"peak_b{args.batch}_mib": bn["peak_mib"]})
+    row.update(extra)
     print(json.dumps(row), flush=True)
     return row
 
@@ -205,16 +210,7 @@ def detect_rows(model, args, device: torch.device) -> list[dict]:
         det = Detector(model, dtype=name, batch_size=args.batch, box_threshold=0.0, max_detections=100)
         b1 = time_forward(lambda det=det: det.detect([photo], CAPTION), device, args.warmup, args.repeats)
         bn = time_forward(lambda det=det: det.detect([photo] * args.batch, CAPTION), device, args.warmup, args.repeats)
-        rows.append(
-            {
-                "impl": "gdino Detector.detect",
-                "precision": name,
-                "size": args.size,
-                "latency_b1_ms": round(b1["median_s"] * 1000, 1),
-                f"throughput_b{args.batch}_img_s": round(args.batch / bn["median_s"], 1),
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+        rows.append(speed_row("gdino Detector.detect", name, args, b1, bn, peaks=False))
     return rows
 
 
@@ -234,18 +230,7 @@ def transformers_rows(args, device: torch.device) -> list[dict]:
             rows.append({"impl": "transformers", "precision": name, "error": str(e).splitlines()[0][:200]})
             print(json.dumps(rows[-1]), flush=True)
             continue
-        rows.append(
-            {
-                "impl": "transformers",
-                "precision": name,
-                "size": args.size,
-                "latency_b1_ms": round(b1["median_s"] * 1000, 1),
-                f"throughput_b{args.batch}_img_s": round(args.batch / bn["median_s"], 1),
-                "peak_b1_mib": b1["peak_mib"],
-                f"peak_b{args.batch}_mib": bn["peak_mib"],
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+        rows.append(speed_row("transformers", name, args, b1, bn))
     return rows
 
 

@@ -26,6 +26,7 @@ from gdino import __version__
 from gdino.config import GroundingDINOConfig
 from gdino.errors import GdinoError
 from gdino.export.graph import DetectionGraph, FeaturesGraph, TextGraph, example_inputs
+from gdino.export.onnx_file import save_checked
 from gdino.export.quantize import quantize_int8
 from gdino.model.grounding_dino import GroundingDINO
 from gdino.weights.native import vocab_text
@@ -130,7 +131,6 @@ def export_graph(
     graph: DetectionGraph | TextGraph | FeaturesGraph, path: Path, options: ExportOptions, metadata: dict[str, str]
 ) -> Path:
     """Trace ``graph`` (a wrapper of :mod:`gdino.export.graph`) to ``path``; check it; add ``metadata``."""
-    import onnx  # optional dependency ([export] extra)
 
     model = graph.model
     names = graph.inputs
@@ -159,17 +159,7 @@ def export_graph(
         raise ExportError(f"torch.onnx.export failed: {str(err).splitlines()[0]}") from err
     if program is None:  # only without dynamo=True
         raise ExportError("torch.onnx.export returned no program")
-    proto = program.model_proto
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as err:
-        raise ExportError(f"the exported graph failed onnx.checker: {str(err).splitlines()[0]}") from err
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(proto, str(tmp))
-    os.replace(tmp, path)
+    save_checked(program.model_proto, metadata, path, tmp, ExportError, "the exported graph")
     logger.info("wrote %s (%.1f MB)", path, path.stat().st_size / 2**20)
     return path
 

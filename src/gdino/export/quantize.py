@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from gdino.errors import GdinoError
+from gdino.export.onnx_file import save_checked
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +57,6 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
     proto = onnx.load_model(str(tmp))
     meta = {e.key: e.value for e in proto.metadata_props if e.key.startswith("gdino_")}
     meta.update(gdino_dtype="int8", gdino_quantization=QUANTIZATION + ("" if per_channel else " (per tensor)"))
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as err:
-        tmp.unlink(missing_ok=True)
-        raise QuantizeError(f"the int8 graph failed onnx.checker: {str(err).splitlines()[0]}") from err
-    onnx.save_model(proto, str(tmp))
-    os.replace(tmp, out)
+    save_checked(proto, meta, out, tmp, QuantizeError, "the int8 graph")
     logger.info("wrote %s (%.1f MB, int8)", out, out.stat().st_size / 2**20)
     return out
