@@ -1,5 +1,6 @@
 """Helpers for the service tests: run an app on a free loopback port in a thread (a real uvicorn
-server, real sockets), wait until /readyz says ready, stop it afterwards."""
+server, real sockets), wait until /readyz says ready, stop it afterwards; hold the model thread so
+that requests queue up into one batch; compare detections of two JSON documents."""
 
 from __future__ import annotations
 
@@ -41,6 +42,27 @@ def running(app, ready: bool = True, timeout_s: float = 120.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@contextmanager
+def gate(app):
+    """Hold the model thread until the yielded ``release`` event is set (at the latest on exit);
+    ``started`` is set when a batch reaches the model thread."""
+    batcher = app.state.service.batcher
+    release, started = threading.Event(), threading.Event()
+    inner = batcher.run_batch
+
+    def held(jobs):
+        started.set()
+        release.wait(60)
+        return inner(jobs)
+
+    batcher.run_batch = held
+    try:
+        yield release, started
+    finally:
+        release.set()
+        batcher.run_batch = inner
 
 
 def same_detections(a: list[dict], b: list[dict], score_tol: float = 2e-4, box_tol: float = 0.05) -> None:

@@ -1,7 +1,8 @@
 """``gdino detect --runtime onnxruntime|openvino --onnx FILE`` end to end, in-process through
 ``gdino.cli.main``: the JSON written with the exported graph equals the one written with the
 PyTorch checkpoint of the same weights (the session export of ``tiny_model``: slow), and a file
-that is not ONNX gives one error line and exit code 2 (fast).
+that is not ONNX gives one error line and exit code 2 (fast). The same for ``gdino label
+--runtime`` (the COCO dataset of ``gdino label --weights``; ``--engine ray`` is refused).
 
 Tolerances: scores within 1e-4 and boxes within 0.1 px (the photo is 451x300; the graph's fp32
 outputs match PyTorch to ~1e-6, tests/test_export_onnx.py), same labels, same number of detections.
@@ -49,3 +50,40 @@ def test_detect_cli_runtime_rejects_a_file_that_is_not_onnx(runtime, chelsea_jpg
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gdino detect: error: ") and "not a readable ONNX file" in err[0]
+
+
+def _label(folder, out, *model_flags):
+    flags = ["--box-threshold", "0.0", "--max-detections", "20", "--image-size", "160", "--no-progress"]
+    argv = ["label", str(folder), "--classes", "cat,sofa,person", *flags, *model_flags]
+    assert main([*argv, "--out", str(out)]) == 0
+    return json.loads((out / "annotations.json").read_text())
+
+
+@pytest.mark.slow
+def test_label_cli_runtime_equals_pytorch(onnx_file, tiny_checkpoint, chelsea_jpg, tmp_path):
+    """``gdino label --runtime onnxruntime`` writes the dataset of ``gdino label --weights``
+    (COCO boxes are rounded to 2 decimals, scores to 4 or more: tolerances 0.1 px + 0.01, 1e-4 + 1e-4)."""
+    pytest.importorskip("onnxruntime", reason="optional dependency onnxruntime (in [export] and [dev])")
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cat = Image.open(chelsea_jpg).convert("RGB")
+    cat.save(folder / "a.jpg")
+    cat.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((300, 200)).save(folder / "b.png")
+    want = _label(folder, tmp_path / "torch", "--weights", str(tiny_checkpoint), "--device", "cpu")
+    got = _label(folder, tmp_path / "runtime", "--runtime", "onnxruntime", "--onnx", str(onnx_file))
+    assert got["info"]["settings"]["weights"] == str(onnx_file)
+    assert got["images"] == want["images"] and got["categories"] == want["categories"]
+    a, b = got["annotations"], want["annotations"]
+    assert len(a) == len(b) > 0
+    assert [(x["image_id"], x["category_id"]) for x in a] == [(y["image_id"], y["category_id"]) for y in b]
+    np.testing.assert_allclose([x["score"] for x in a], [y["score"] for y in b], atol=2e-4)
+    np.testing.assert_allclose([x["bbox"] for x in a], [y["bbox"] for y in b], atol=0.11)
+
+
+def test_runtime_refuses_engine_ray(tmp_path, capsys):
+    argv = ["label", str(tmp_path), "--classes", "cat", "--out", str(tmp_path / "out"), "--engine", "ray"]
+    assert main([*argv, "--runtime", "onnxruntime", "--onnx", "m.onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gdino label: error:") and "--engine local" in err and "\n" not in err

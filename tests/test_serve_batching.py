@@ -8,10 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the [serve] extra")
 httpx = pytest.importorskip("httpx")
 
-from serve_util import running, same_detections  # noqa: E402
+from serve_util import gate, running, same_detections  # noqa: E402
 
 from gdino.infer.detector import Detector  # noqa: E402
 from gdino.serve import ServeConfig, create_app  # noqa: E402
@@ -44,26 +42,6 @@ def detect(url, jpeg, fields, **kw):
     return httpx.post(
         url + "/v1/detect", files={"image": ("chelsea.jpg", jpeg, "image/jpeg")}, data=fields, timeout=120, **kw
     )
-
-
-@contextmanager
-def gate(app):
-    """Hold the model thread until the yielded ``release`` event is set (at the latest on exit);
-    ``started`` is set when a batch reaches the model thread."""
-    batcher = app.state.service.batcher
-    release, started = threading.Event(), threading.Event()
-    inner = batcher.run_batch
-
-    def held(jobs):
-        started.set()
-        release.wait(60)
-        return inner(jobs)
-
-    batcher.run_batch = held
-    try:
-        yield release, started
-    finally:
-        release.set()
 
 
 def test_batched_results_equal_alone(tiny_model, jpeg):

@@ -68,6 +68,8 @@ def ray_options(args: argparse.Namespace) -> Any:
         if given:
             raise GdinoError(f"{given[0]} only applies with --engine ray")
         return None
+    if getattr(args, "runtime", "torch") != "torch":
+        raise GdinoError(f"--runtime {args.runtime} runs in this process only: use it with --engine local")
     if importlib.util.find_spec("ray") is None:
         raise GdinoError("--engine ray needs Ray: pip install 'gdino[ray]'")
     from gdino.infer.ray_data import RayOptions  # lazy: keeps gdino --help fast

@@ -124,6 +124,10 @@ def parse_classes(value: str) -> list[str]:
 
 
 def weights_name(args: argparse.Namespace) -> str:
+    """The model a command runs, as its results name it: ``--onnx FILE`` with ``--runtime
+    onnxruntime|openvino``, else ``--weights``, ``$GDINO_WEIGHTS`` or the default."""
+    if getattr(args, "runtime", "torch") != "torch" and getattr(args, "onnx", None):
+        return str(args.onnx)
     return str(args.weights or os.environ.get("GDINO_WEIGHTS") or DEFAULT_WEIGHTS)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from gdino.errors import GdinoError
 from gdino.export.graph import TEXT_INPUTS
 from gdino.export.onnx_export import split_paths
 from gdino.infer.detector import Detector
+from gdino.text.padding import pad_tokenized
 from gdino.text.tokenize import TokenizedText, tokenize
 from gdino.weights.native import tokenizer_from_vocab
 
@@ -140,6 +142,21 @@ class RuntimeText:
 
     def to(self, device: Any) -> RuntimeText:
         return self
+
+    @staticmethod
+    def pad_batch(parts: Sequence[RuntimeText]) -> RuntimeText:
+        """Texts of one caption each -> one batch for one graph call (the server's mixed prompts):
+        the tokenized inputs right-padded with masked tokens as the tokenizer pads a batch, and a
+        split export's ``text_features`` with zeros (masked by the same masks)."""
+        tokenized = pad_tokenized([p.tokenized for p in parts])
+        arrays = [p.features for p in parts if p.features is not None]
+        if not arrays:
+            return RuntimeText(tokenized)
+        if len(arrays) != len(parts):
+            raise ValueError("cannot batch texts with and without text_features (from different graphs)")
+        length = tokenized.input_ids.shape[1]
+        padded = [np.pad(f, ((0, 0), (0, length - f.shape[1]), (0, 0))) for f in arrays]
+        return RuntimeText(tokenized, np.concatenate(padded))
 
 
 @dataclass

@@ -7,16 +7,20 @@ features of the rows are right-padded to a common length with masked tokens (pad
 sub-sentence masks hold only their diagonal, position 0: what the tokenizer does for a padded
 batch). Masked tokens take part in no attention and no logit, so every row's result is its
 result alone (up to float rounding); decoding then runs per request with its own thresholds.
+
+A detector whose model is an exported graph (``gdino serve --runtime onnxruntime|openvino``)
+batches the same way: its text encodings are the tokenized captions (and, for a split export, the
+text graph's features), padded alike by ``RuntimeText.pad_batch``, and the graph runs all rows
+in one call (dynamic batch and text length).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from gdino.core.detections import Detections
 from gdino.core.runtime import autocast
@@ -25,6 +29,7 @@ from gdino.infer.detector import Detector, PreparedImage
 from gdino.infer.options import DetectOptions
 from gdino.infer.prompts import Prompt
 from gdino.model.features import TextFeatures
+from gdino.text.padding import pad_right, pad_square
 
 
 @dataclass(frozen=True)
@@ -75,36 +80,20 @@ def detect_mixed(detector: Detector, items: Sequence[Item]) -> list[Detections]:
     return out
 
 
-def pad_text(parts: Sequence[TextFeatures]) -> TextFeatures:
-    """Single-prompt text features -> one batch, right-padded with masked tokens."""
+def pad_text(parts: Sequence[Any]) -> Any:
+    """Single-prompt text encodings -> one batch, right-padded with masked tokens.
+
+    The model's :class:`TextFeatures` are padded here. Any other text encoding pads itself with
+    its ``pad_batch`` (an exported graph's ``gdino.export.runtimes.RuntimeText``: the graph takes
+    the token ids and masks, which are padded as the tokenizer pads a batch)."""
     if len(parts) == 1:
         return parts[0]
+    if not isinstance(parts[0], TextFeatures):
+        return type(parts[0]).pad_batch(parts)
     length = max(p.features.shape[1] for p in parts)
     return TextFeatures(
-        features=torch.cat([_pad(p.features, length, 1, 0.0) for p in parts]),
-        token_mask=torch.cat([_pad(p.token_mask, length, 1, False) for p in parts]),
-        self_attention_masks=torch.cat([_pad_square(p.self_attention_masks, length) for p in parts]),
-        position_ids=torch.cat([_pad(p.position_ids, length, 1, 0) for p in parts]),
+        features=torch.cat([pad_right(p.features, length, 1, 0.0) for p in parts]),
+        token_mask=torch.cat([pad_right(p.token_mask, length, 1, False) for p in parts]),
+        self_attention_masks=torch.cat([pad_square(p.self_attention_masks, length) for p in parts]),
+        position_ids=torch.cat([pad_right(p.position_ids, length, 1, 0) for p in parts]),
     )
-
-
-def _pad(t: Tensor, length: int, dim: int, value: float | bool | int) -> Tensor:
-    missing = length - t.shape[dim]
-    if missing == 0:
-        return t
-    pad = [0, 0] * (t.dim() - 1 - dim) + [0, missing]
-    if t.dtype == torch.bool:
-        return F.pad(t.to(torch.uint8), pad, value=int(value)).bool()
-    return F.pad(t, pad, value=value)
-
-
-def _pad_square(mask: Tensor, length: int) -> Tensor:
-    """``[1, L, L]`` -> ``[1, length, length]``: new rows/columns False except the diagonal."""
-    n = mask.shape[-1]
-    if n == length:
-        return mask
-    out = torch.zeros((mask.shape[0], length, length), dtype=mask.dtype, device=mask.device)
-    out[:, :n, :n] = mask
-    idx = torch.arange(n, length, device=mask.device)
-    out[:, idx, idx] = True
-    return out
