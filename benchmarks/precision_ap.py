@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: name -> (eval flags, export the flags need: fp32 / fp16 / int8 / None for the checkpoint)
 PATHS: dict[str, tuple[list[str], str | None]] = {
     "PyTorch fp32": (["--device", "cpu"], None),
-    "PyTorch bf16 (autocast)": (["--device", "cpu", "--dtype", "bf16"], None),
+    "PyTorch bf16 weights": (["--device", "cpu", "--dtype", "bf16"], None),
     "ONNX Runtime fp32 export": (["--runtime", "onnxruntime"], "fp32"),
     "ONNX Runtime fp16 export": (["--runtime", "onnxruntime"], "fp16"),
     "ONNX Runtime int8 (dynamic quantization)": (["--runtime", "onnxruntime"], "int8"),

@@ -218,3 +218,26 @@ def test_gather_in_query_chunks_equals_one_pass(monkeypatch, chunk_bags):
         chunked = multi_scale_deformable_sample(value, SHAPES, loc, w, method="gather")
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(chunked.double(), kernel_reference(value, SHAPES, loc, w), atol=2e-6, rtol=1e-6)
+
+
+def test_gather_reads_a_bf16_table_with_float32_coordinates():
+    """bf16 values on the CPU are gathered from a bf16 table (no float32 copy), with float32 pixel
+    coordinates and weights: against the float64 kernel on the same bf16-rounded values, the only
+    errors are the bf16 per-sample weights (relative 2^-9 each) and the output's rounding
+    (relative 2^-9), so |err| <= 2^-7 of the largest output (a wrong row or corner is O(1))."""
+    value, loc, w = _inputs(seed=8, b=2, q=23, heads=2, c=8, points=3)
+    value = value.bfloat16()
+    with torch.no_grad():
+        got = multi_scale_deformable_sample(value, SHAPES, loc, w, method="gather")
+    assert got.dtype == torch.bfloat16
+    ref = kernel_reference(value.float(), SHAPES, loc, w)
+    err = (got.double() - ref).abs().max().item()
+    assert err <= 2**-7 * ref.abs().max().item(), err
+    # and the module keeps the table in bf16 (gather) while its coordinates stay float32: a bf16
+    # module equals the float32 module run on the same bf16-rounded value projection to that bound
+    attn = _random_module(seed=9, std=0.2)
+    s = sum(h * w for h, w in SHAPES)
+    query, val, ref_pts = torch.randn(1, 6, 32), torch.randn(1, s, 32), torch.rand(1, 6, 4, 4)
+    with torch.no_grad():
+        low = attn.to(torch.bfloat16)(query.bfloat16(), ref_pts, val.bfloat16(), SHAPES)
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low.float()).all()

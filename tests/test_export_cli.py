@@ -87,3 +87,46 @@ def test_runtime_refuses_engine_ray(tmp_path, capsys):
     assert main([*argv, "--runtime", "onnxruntime", "--onnx", "m.onnx"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gdino label: error:") and "--engine local" in err and "\n" not in err
+
+
+def test_onnxruntime_providers_for_each_device(tmp_path):
+    """cpu: the CPU provider; cuda: TensorRT (engine cached beside the graph, fp16 only when asked)
+    then CUDA then CPU, each only where this onnxruntime has it; neither GPU provider: one error."""
+    from gdino.export.runtimes import RuntimeGraphError, onnxruntime_providers
+
+    graph = tmp_path / "model.onnx"
+    every = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnxruntime_providers("cpu", every, graph) == ["CPUExecutionProvider"]
+    trt, cuda, cpu = onnxruntime_providers("cuda", every, graph, fp16=True)
+    assert trt == (
+        "TensorrtExecutionProvider",
+        {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(tmp_path / "model.onnx.trt"),
+            "trt_fp16_enable": True,
+        },
+    )
+    assert (cuda, cpu) == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert onnxruntime_providers("cuda", every, graph)[0][1]["trt_fp16_enable"] is False
+    assert onnxruntime_providers("cuda", every[1:], graph) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(RuntimeGraphError, match="no CUDA or TensorRT execution provider"):
+        onnxruntime_providers("cuda", ["CPUExecutionProvider"], graph)
+    with pytest.raises(RuntimeGraphError, match="needs --device cuda"):
+        onnxruntime_providers("cpu", every, graph, fp16=True)
+    with pytest.raises(RuntimeGraphError, match="unknown runtime device"):
+        onnxruntime_providers("mps", every, graph)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--runtime", "openvino", "--device", "cuda"], "--runtime openvino runs on the CPU"),
+        (["--runtime", "onnxruntime", "--dtype", "fp16"], "--runtime onnxruntime on cpu takes --dtype fp32"),
+        (["--runtime", "onnxruntime", "--device", "cuda", "--dtype", "bf16"], "takes --dtype fp32 or fp16"),
+    ],
+)
+def test_detect_cli_runtime_device_and_dtype_errors(flags, message, chelsea_jpg, tmp_path, capsys):
+    argv = ["detect", str(chelsea_jpg), "-p", PROMPT, *flags, "--onnx", str(tmp_path / "model.onnx")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gdino detect: error: ") and message in err[0], err

@@ -36,6 +36,21 @@ def test_image_position_embedding_matches_formula():
                 assert pe[0, 6 + i, y, x].item() == pytest.approx(f(nx / dim_t), abs=1e-5)
 
 
+def test_image_position_embedding_of_unpadded_maps_broadcasts_rows_exactly(monkeypatch):
+    """Unpadded maps take the broadcast path (one row / column embedded): equal to the formula and,
+    bit for bit, to the element-wise path (forced here by pretending to export)."""
+    pad = torch.zeros(2, 4, 6, dtype=torch.bool)
+    pe = image_position_embedding(pad, num_feats=8, temperature=20.0)
+    assert pe.shape == (2, 16, 4, 6)
+    for y, x, i in [(0, 0, 0), (3, 5, 7), (2, 1, 3), (1, 4, 6)]:
+        dim_t = 20.0 ** (2 * (i // 2) / 8)
+        f = math.sin if i % 2 == 0 else math.cos
+        assert pe[1, i, y, x].item() == pytest.approx(f((y + 1) / (4 + 1e-6) * 2 * math.pi / dim_t), abs=1e-5)
+        assert pe[1, 8 + i, y, x].item() == pytest.approx(f((x + 1) / (6 + 1e-6) * 2 * math.pi / dim_t), abs=1e-5)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    assert torch.equal(image_position_embedding(pad, num_feats=8, temperature=20.0), pe)
+
+
 def test_text_and_box_sine_embeddings_layout():
     ids = torch.tensor([[0, 1, 2]])
     pe = text_position_embedding(ids, 8)

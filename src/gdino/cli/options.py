@@ -147,16 +147,23 @@ def load_detector(args: argparse.Namespace, options: Any) -> Any:
 
 
 def load_runtime_model(args: argparse.Namespace, runtime: str, dtype: str) -> Any:
-    """The ``--onnx`` graph run by ``runtime`` on the CPU (``--dtype bf16``: OpenVINO's bf16 precision)."""
+    """The ``--onnx`` graph run by ``runtime``: OpenVINO on the CPU (``--dtype bf16``: its bf16
+    precision); ONNX Runtime on the CPU, or with ``--device cuda`` on its TensorRT / CUDA providers
+    (``--dtype fp16``: TensorRT's fp16 kernels)."""
     if not args.onnx:
         raise GdinoError(f"--runtime {runtime} needs --onnx FILE (write one with `gdino export`)")
-    if args.device not in ("auto", "cpu"):
-        raise GdinoError(f"--runtime {runtime} runs on the CPU here; drop --device {args.device}")
-    if dtype not in ("fp32", "bf16") or (dtype == "bf16" and runtime != "openvino"):
-        raise GdinoError(f"--runtime {runtime} takes --dtype fp32" + (" or bf16" if runtime == "openvino" else ""))
+    device = "cpu" if args.device == "auto" else args.device
+    if device not in ("cpu", "cuda") or (device == "cuda" and runtime != "onnxruntime"):
+        raise GdinoError(
+            f"--runtime {runtime} runs on " + ("the CPU or cuda" if runtime == "onnxruntime" else "the CPU")
+        )
+    allowed = {"openvino": ("fp32", "bf16"), "onnxruntime": ("fp32", "fp16") if device == "cuda" else ("fp32",)}
+    if dtype not in allowed[runtime]:
+        raise GdinoError(f"--runtime {runtime} on {device} takes --dtype {' or '.join(allowed[runtime])}")
     from gdino.export.runtimes import RuntimeModel  # lazy: optional runtimes, and keeps gdino --help fast
 
-    return RuntimeModel(args.onnx, runtime, precision="bf16" if dtype == "bf16" else "f32")
+    precision = {"fp32": "f32", "bf16": "bf16", "fp16": "fp16"}[dtype]
+    return RuntimeModel(args.onnx, runtime, precision=precision, device=device)
 
 
 def read_images(paths: list[str], command: str) -> tuple[list, list[dict]]:

@@ -6,8 +6,10 @@ so detection through a runtime reuses the library's preprocessing, prompt handli
 ``Detections`` unchanged. Its config and tokenizer come from the ONNX file's metadata (no weights
 file needed). The runtimes bring their own graph fusion and threading; nothing is hand-written.
 
-- ``onnxruntime``: ``CPUExecutionProvider`` by default; ``providers`` may name the CUDA or
-  TensorRT execution providers where installed (untested here: no GPU).
+- ``onnxruntime``: on ``device="cpu"`` the ``CPUExecutionProvider``; on ``device="cuda"`` the
+  TensorRT execution provider (its engine built from the same file and cached beside it, fp16 when
+  ``precision="fp16"``) then CUDA, each where the installed onnxruntime has it
+  (:func:`onnxruntime_providers`; ``providers`` overrides the choice). Untested on a GPU here.
 - ``openvino``: the ``CPU`` device with ``precision`` ``"f32"`` (default: parity-level outputs;
   OpenVINO would otherwise pick bf16 on CPUs with AMX/AVX512-BF16) or ``"bf16"``.
 """
@@ -36,7 +38,8 @@ from gdino.text.tokenize import TokenizedText, tokenize
 from gdino.weights.native import tokenizer_from_vocab
 
 RUNTIMES = ("onnxruntime", "openvino")
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16", "fp16")
+DEVICES = ("cpu", "cuda")
 
 
 class RuntimeGraphError(GdinoError):
@@ -62,11 +65,52 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
+ProviderList = list[str | tuple[str, dict[str, Any]]]
+
+
+def onnxruntime_providers(device: str, available: list[str], graph: Path, fp16: bool = False) -> ProviderList:
+    """ONNX Runtime execution providers for ``device``, in order of preference, from ``available``
+    (``onnxruntime.get_available_providers()``).
+
+    ``cpu``: the CPU provider. ``cuda``: TensorRT (the engine built from ``graph`` on first use and
+    cached in ``GRAPH.trt/`` beside it, so later sessions load it; its fp16 kernels only with
+    ``fp16``), then CUDA (which runs what TensorRT does not take), then the CPU; an error when this
+    onnxruntime has neither GPU provider (the CPU-only wheel).
+    """
+    if device not in DEVICES:
+        raise RuntimeGraphError(f"unknown runtime device {device!r}; use one of {', '.join(DEVICES)}")
+    if fp16 and device != "cuda":
+        raise RuntimeGraphError(
+            "fp16 through onnxruntime needs --device cuda (TensorRT); on the CPU export --dtype fp16"
+        )
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    chosen: ProviderList = []
+    if "TensorrtExecutionProvider" in available:
+        cache = graph.parent / f"{graph.name}.trt"
+        trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": fp16}
+        chosen.append(("TensorrtExecutionProvider", trt))
+    if "CUDAExecutionProvider" in available:
+        chosen.append("CUDAExecutionProvider")
+    if not chosen:
+        raise RuntimeGraphError(
+            "this onnxruntime has no CUDA or TensorRT execution provider: pip install onnxruntime-gpu"
+            " (and TensorRT for its provider)"
+        )
+    return [*chosen, "CPUExecutionProvider"]
+
+
 class Session:
     """One compiled graph: ``run(feeds) -> list of float32 arrays`` (outputs in graph order)."""
 
     def __init__(
-        self, path: Path, runtime: str, threads: int | None, precision: str, providers: list[str] | None
+        self,
+        path: Path,
+        runtime: str,
+        threads: int | None,
+        precision: str,
+        providers: ProviderList | None,
+        device: str = "cpu",
     ) -> None:
         if runtime not in RUNTIMES:
             raise RuntimeGraphError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
@@ -78,18 +122,22 @@ class Session:
                 import onnxruntime as ort  # optional dependency ([export] extra)
             except ImportError:
                 raise RuntimeGraphError("onnxruntime is not installed: pip install 'gdino[export]'") from None
-            if precision != "f32":
+            if precision == "bf16":
                 raise RuntimeGraphError(
                     "onnxruntime runs the graph's own precision; export with --dtype fp16 instead of bf16"
                 )
+            if providers is None:
+                providers = onnxruntime_providers(device, ort.get_available_providers(), path, precision == "fp16")
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if threads:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
-            self._ort = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+            self._ort = ort.InferenceSession(str(path), options, providers=providers)
             self.inputs = [i.name for i in self._ort.get_inputs()]
         else:
+            if device != "cpu" or precision == "fp16":
+                raise RuntimeGraphError("openvino runs here on the CPU in f32 or bf16")
             try:
                 import openvino as ov  # optional dependency ([openvino] extra)
             except ImportError:
@@ -195,8 +243,12 @@ class RuntimeModel:
             (its ``.text.onnx`` / ``.features.onnx`` are found next to it).
         runtime: ``onnxruntime`` or ``openvino``.
         threads: intra-op threads (None: the runtime's default).
-        precision: OpenVINO's inference precision, ``f32`` or ``bf16``.
-        providers: ONNX Runtime execution providers (default CPU).
+        precision: OpenVINO's inference precision, ``f32`` or ``bf16``; ``fp16``: TensorRT's fp16
+            kernels (onnxruntime on ``cuda``).
+        providers: ONNX Runtime execution providers (default: :func:`onnxruntime_providers` for
+            ``device``).
+        device: ``cpu`` or ``cuda`` (onnxruntime's GPU providers). Inputs are prepared on the host
+            either way; the runtime moves them.
     """
 
     training = False
@@ -210,7 +262,8 @@ class RuntimeModel:
         *,
         threads: int | None = None,
         precision: str = "f32",
-        providers: list[str] | None = None,
+        providers: ProviderList | None = None,
+        device: str = "cpu",
     ) -> None:
         single = Path(path)
         text_path, features_path = split_paths(single)
@@ -220,7 +273,7 @@ class RuntimeModel:
         self.metadata = meta
         self.config = GroundingDINOConfig.from_dict(json.loads(meta["gdino_config"]))
         self.tokenizer = tokenizer_from_vocab(meta["gdino_vocab"], str(first)) if "gdino_vocab" in meta else None
-        args = (runtime, threads, precision, providers)
+        args = (runtime, threads, precision, providers, device)
         if self.split:
             self.text_session: Session | None = Session(text_path, *args)
             self.session = Session(features_path, *args)
@@ -284,4 +337,12 @@ def load_runtime(path: str | os.PathLike, runtime: str = "onnxruntime", **kwargs
     return RuntimeModel(path, runtime, **kwargs)
 
 
-__all__ = ["RUNTIMES", "RuntimeModel", "Session", "load_runtime", "read_metadata", "text_feeds"]
+__all__ = [
+    "RUNTIMES",
+    "RuntimeModel",
+    "Session",
+    "load_runtime",
+    "onnxruntime_providers",
+    "read_metadata",
+    "text_feeds",
+]

@@ -3,7 +3,8 @@
 A transformer FFN over the encoder's ~22k image tokens (800x1333) writes a 22k x 2048 hidden
 activation (180 MB) to memory and reads it back several times: the bias add, the activation, the
 second GEMM. Chunked over rows, the hidden activation of one chunk stays in cache and the
-activation runs in place. Rows are independent, so chunking changes no result beyond the last bits
+activation runs in place (in bf16 it is fused into the first product and the residual add into the
+second: gdino.ops.fused_linear). Rows are independent, so chunking changes no result beyond the last bits
 of GEMM blocking. With a gradient recorded the plain path runs (autograd keeps the activations), and
 on GPUs too: there a 1024-row GEMM is too small to fill the device, and each chunk costs launches.
 """
@@ -16,19 +17,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from gdino.ops.fused_linear import linear_activation, linear_add
+
 #: Rows per chunk: the hidden activation of one chunk (rows x hidden floats) fits in the L2/L3 cache.
 CHUNK_ROWS = 1024
 
 
-def _gelu_(x: Tensor) -> Tensor:
-    return torch.ops.aten.gelu_(x)
-
-
-def _relu_(x: Tensor) -> Tensor:
-    return x.relu_()
-
-
-ACTIVATIONS_INPLACE: dict[str, Callable[[Tensor], Tensor]] = {"relu": _relu_, "gelu": _gelu_}
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
 
 
@@ -50,12 +44,11 @@ def residual_feed_forward(
     # export: no loop over a symbolic row count; GPUs: a chunk is too small to fill the device
     if torch.is_grad_enabled() or torch.compiler.is_exporting() or x.device.type != "cpu":
         return post(x + fc2(ACTIVATIONS[activation](fc1(pre(x)))))
-    act_ = ACTIVATIONS_INPLACE[activation]
     flat = x.reshape(-1, x.shape[-1])
     out = torch.empty_like(flat)
     for start in range(0, flat.shape[0], chunk_rows):
         part = flat[start : start + chunk_rows]
-        y = fc2(act_(fc1(pre(part))))
-        y = part + y
-        out[start : start + chunk_rows] = post(y)
+        # bf16: activation and residual add fused into the products (gdino.ops.fused_linear)
+        hidden = linear_activation(pre(part), fc1.weight, fc1.bias, activation)
+        out[start : start + chunk_rows] = post(linear_add(hidden, fc2.weight, fc2.bias, part))
     return out.view(x.shape)

@@ -41,6 +41,16 @@ def image_position_embedding(padding_mask: Tensor, num_feats: int, temperature: 
     y = y / (y[:, -1:, :] + eps) * TWO_PI
     x = x / (x[:, :, -1:] + eps) * TWO_PI
     dim_t = _dim_t(num_feats, temperature, padding_mask.device)
+    h, w = padding_mask.shape[1:]
+    # Usually every row of x (and every column of y) is the same: no padding, or padding only at an
+    # image's bottom and right. Then one row (column) is embedded and broadcast: the same values for
+    # 1/h (1/w) of the sines. The test reads the mask, so only on the CPU (on a GPU it would wait for
+    # the device) and not under export (a data-dependent branch).
+    if padding_mask.device.type == "cpu" and not torch.compiler.is_exporting():
+        if bool((x == x[:, :1]).all()) and bool((y == y[:, :, :1]).all()):
+            pos_x = _interleave(x[:, :1, :, None] / dim_t).expand(-1, h, -1, -1)
+            pos_y = _interleave(y[:, :, :1, None] / dim_t).expand(-1, -1, w, -1)
+            return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
     pos_x = _interleave(x[..., None] / dim_t)
     pos_y = _interleave(y[..., None] / dim_t)
     return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)

@@ -14,8 +14,11 @@ gathers and weighted sums, with symbolic level sizes and no ``embedding_bag`` or
 ``MultiScaleDeformableAttention`` is the module with the official parameter names
 (``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``).
 
-Low precision: fp16/bf16 inputs are sampled in float32 on the CPU (where half-precision
-``grid_sample`` is slow or unsupported) and cast back; on CUDA they are sampled natively. Under
+Low precision: on the CPU, fp16/bf16 sampling locations and attention weights are computed in
+float32 (a bf16 pixel coordinate is off by up to half a pixel on a 167-pixel-wide level); the
+gather then reads the value table in its own dtype (half the bytes of float32; ``embedding_bag``
+accumulates in float32), while ``grid_sample`` and ``corners`` sample a float32 copy (half-precision
+``grid_sample`` is slow or unsupported there) and cast back. On CUDA they are sampled natively. Under
 autocast the module runs like any other: linear layers in the autocast dtype, sampling as above.
 """
 
@@ -137,7 +140,8 @@ def _gather_pixels(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor,
     # table row of a bag's top-left corners, less the position term: (batch * total + start) * heads + head
     const = (torch.arange(b, device=device, dtype=torch.int32) * total).view(b, 1, 1) + first
     const = (const * heads + torch.arange(heads, device=device, dtype=torch.int32).view(1, heads, 1))[:, None]
-    steps = [torch.full_like(width, heads), width * heads, (width + 1) * heads]  # to the other 3 corners
+    # from the top-left corner to the four corners, the outer axis of each bag's index: [4, lp]
+    steps = torch.stack([torch.zeros_like(width), torch.full_like(width, heads), width * heads, (width + 1) * heads])
     low, high = torch.full_like(size, -1.5), size + 0.5
     inplace = not (torch.is_grad_enabled() and (pixels.requires_grad or weights.requires_grad))
 
@@ -154,29 +158,24 @@ def _gather_pixels(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor,
         xy = xy.add_(_PAD) if inplace else xy + _PAD
         corner = xy.to(torch.int32)
         frac = xy.sub_(corner) if inplace else xy - corner
-        # the four corners as the outer axis of each bag: [bags, 4, lp], inner runs of lp contiguous values
-        index = torch.empty(nq, 4, lp, device=device, dtype=torch.int32)
-        position = corner[..., 1] * (width * heads)
-        position.add_(corner[..., 0], alpha=heads)
-        top_left = index[:, 0]
-        torch.add(position.view(b, -1, heads, lp), const, out=top_left.view(b, -1, heads, lp))
-        for k, step in enumerate(steps, 1):
-            torch.add(top_left, step, out=index[:, k])
+        # every elementwise result below is written contiguously (strided outputs are several
+        # times slower on the CPU): the top-left rows, then one broadcast add to the four corners
+        top_left = corner[..., 1] * (width * heads)
+        top_left.add_(corner[..., 0], alpha=heads)
+        top_left = top_left.view(b, -1, heads, lp).add_(const).view(nq, 1, lp)
+        index = top_left + steps  # [bags, 4, lp]
         fx, fy = frac.unbind(-1)
-        gx = 1 - fx
         wq = weights[:, q0:q1].reshape(nq, lp)
         bottom = fy * wq
-        top = wq - bottom
-        pairs = ((top, gx), (top, fx), (bottom, gx), (bottom, fx))
+        rows = torch.stack([wq - bottom, bottom], 1)  # [bags, 2 (top, bottom), lp]
+        cols = torch.stack([1 - fx, fx], 1)  # [bags, 2 (left, right), lp]
+        # the four products in the corners' order, cast to the table's dtype as they are written
         if inplace:
-            weight = torch.empty(nq, 4, lp, device=device, dtype=frac.dtype)
-            for k, (u, v) in enumerate(pairs):
-                torch.mul(u, v, out=weight[:, k])
-        else:
-            weight = torch.stack([u * v for u, v in pairs], 1)  # out= does not record gradients
-        sampled = F.embedding_bag(
-            index.view(nq, 4 * lp), table, per_sample_weights=weight.view(nq, 4 * lp).to(table.dtype), mode="sum"
-        )
+            weight = torch.empty(nq, 2, 2, lp, device=device, dtype=table.dtype)
+            torch.mul(rows[:, :, None], cols[:, None], out=weight)
+        else:  # out= does not record gradients
+            weight = (rows[:, :, None] * cols[:, None]).to(table.dtype)
+        sampled = F.embedding_bag(index.view(nq, 4 * lp), table, per_sample_weights=weight.view(nq, 4 * lp), mode="sum")
         if q0 == 0 and q1 == q:
             return sampled.view(b, q, heads * c)
         out[:, q0:q1] = sampled.view(b, q1 - q0, heads * c)
@@ -289,18 +288,22 @@ class MultiScaleDeformableAttention(nn.Module):
         elif key_padding_mask is not None and (value.device.type != "cpu" or bool(key_padding_mask.any())):
             value = value.masked_fill_(key_padding_mask[..., None], 0.0)
         value = value.view(b, s, heads, self.d_model // heads)
-        offsets = self.sampling_offsets(query).view(b, q, heads, levels, points, 2)
-        weights = self.attention_weights(query).view(b, q, heads, levels * points)
-        weights = weights.softmax(-1).view(b, q, heads, levels, points)
         if reference_points.shape[-1] not in (2, 4):
             raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {tuple(reference_points.shape)}")
-
         value_dtype = compute_dtype = value.dtype
-        if value.device.type == "cpu" and value.dtype in (torch.float16, torch.bfloat16):
+        low_on_cpu = value.device.type == "cpu" and value.dtype in (torch.float16, torch.bfloat16)
+        if low_on_cpu:
             compute_dtype = torch.float32
+        offsets = self.sampling_offsets(query).view(b, q, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(b, q, heads, levels * points)
+        # low precision on the CPU: the softmax reads the projection once, straight into float32
+        weights = weights.softmax(-1, dtype=torch.float32) if low_on_cpu else weights.softmax(-1)
+        weights = weights.view(b, q, heads, levels, points).to(compute_dtype)
         ref = reference_points.to(compute_dtype)[:, :, None, :, None, :]  # [B, Q, 1, levels, 1, 2 or 4]
-        offsets, weights, value = offsets.to(compute_dtype), weights.to(compute_dtype), value.to(compute_dtype)
+        offsets = offsets.to(compute_dtype)
         method = "corners" if exporting else _resolve(self.method, value, offsets, weights)
+        if method != "gather":  # the gather reads a low-precision table directly; the others sample in float32
+            value = value.to(compute_dtype)
         if method == "corners":  # tensors only, ONNX-exportable: no embedding_bag, no grid_sample
             size = _level_sizes(shapes, offsets)[:, None]  # [levels, 1, 2]
             if ref.shape[-1] == 4:
