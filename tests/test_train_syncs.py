@@ -38,8 +38,12 @@ READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "
 
 #: Reads made only when the tensors are on the CPU, so never on an accelerator:
 #: ``gdino/ops/deformable.py`` skips zeroing padded values when no position is padding,
-#: ``value.device.type != "cpu" or bool(key_padding_mask.any())`` (short-circuits on a GPU).
-CPU_ONLY_BRANCHES = ((os.path.join("gdino", "ops", "deformable.py"), "key_padding_mask.any()"),)
+#: ``value.device.type != "cpu" or bool(key_padding_mask.any())`` (short-circuits on a GPU), and
+#: ``gdino/model/position.py`` embeds one row of an unpadded map only under ``device.type == "cpu"``.
+CPU_ONLY_BRANCHES = (
+    (os.path.join("gdino", "ops", "deformable.py"), "key_padding_mask.any()"),
+    (os.path.join("gdino", "model", "position.py"), "(x == x[:, :1]).all()"),
+)
 
 
 def cpu_only_branch() -> bool:
