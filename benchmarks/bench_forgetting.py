@@ -24,8 +24,11 @@ when it exists, so further calls with other ``--runs`` (``--keep-results`` merge
 OUT/result.json; ``--set KEY=VALUE`` overrides every run, ``--tag`` names such runs apart) cost only
 the fine-tuning.
 
-    python benchmarks/bench_forgetting.py --out /tmp/gdino-forget --pretrain-steps 1000 --finetune-steps 300 \
-        --images 400 300 80 --runs plain,frozen,distill@4 --threads 1
+    python benchmarks/bench_forgetting.py --out /tmp/gdino-forget --pretrain-steps 1000 --finetune-steps 400 \
+        --finetune-lr 4e-4 --images 400 300 80 --runs plain,distill@2 --threads 1
+
+(the recommended setting of docs/finetune.md section 4; ``--set loss.distill_annotated=zero
+--tag=-zero`` measures the teacher's scores zeroed on annotated new objects).
 
 Prints one JSON line (also OUT/result.json).
 """

@@ -11,10 +11,19 @@ import pytest
 import torch
 from test_train_loop import make_trainer, synthetic_dataset
 
+from gdino.data.collate import collate
+from gdino.data.targets import Target
 from gdino.errors import GdinoError
 from gdino.train.config import load_config
 from gdino.train.criterion import LossWeights
-from gdino.train.distill import distill_losses, distill_prompt, soft_focal_per_set, teacher_targets
+from gdino.train.distill import (
+    annotated_queries,
+    distill_losses,
+    distill_prompt,
+    other_class_boxes,
+    soft_focal_per_set,
+    teacher_targets,
+)
 from gdino.train.sections import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,31 +96,83 @@ def test_distill_config_is_checked():
         load_config("smoke", ["loss.distill_weight=-1"])
     with pytest.raises(ConfigError, match="distill_topk"):
         load_config("smoke", ["loss.distill_topk=0"])
+    assert load_config("smoke", []).loss.distill_annotated == "keep"
+    assert load_config("smoke", ["loss.distill_annotated=zero"]).loss.distill_annotated == "zero"
+    with pytest.raises(ConfigError, match="distill_annotated"):
+        load_config("smoke", ["loss.distill_annotated=drop"])
 
 
-def test_the_switch_adds_a_distillation_term_and_leaves_the_rest_of_the_step_alone(tmp_path, tokenizer):
-    overrides = ["data.batch_size=2", "schedule.max_steps=2", "optim.lr=1e-3"]
-    cfg, ds = synthetic_dataset(tmp_path, tokenizer, 4, overrides)
-    names = [c["name"] for c in json.loads(Path(cfg.data.train).read_text())["categories"]][:6]
-    off = make_trainer(cfg, ds, tokenizer)
-    on = make_trainer(
-        replace(cfg, loss=replace(cfg.loss, distill_classes=tuple(names), distill_weight=0.5)), ds, tokenizer
+def test_only_boxes_of_other_classes_count_as_annotated():
+    target = Target(
+        boxes=torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1]]),
+        token_map=torch.zeros(3, 8, dtype=torch.bool),
+        labels=torch.tensor([0, 1, 0]),
+        phrases=["blue circle", "red  Square"],
     )
-    assert off.distiller is None and on.distiller is not None
-    teacher_before = {k: v.clone() for k, v in on.distiller.teacher.state_dict().items()}
-    batch = next(iter(torch.utils.data.DataLoader(on.dataset, batch_sampler=on.batches, collate_fn=on.collate_fn)))
-    torch.manual_seed(1)  # the denoising noise is drawn from the global generator
-    a = off.train_step(batch)
-    torch.manual_seed(1)
-    b = on.train_step(batch)
-    assert "loss_distill" not in a and math.isfinite(b["loss_distill"]) and b["loss_distill"] > 0
-    for name, value in a.items():
-        if name not in ("total", "grad_norm"):
-            assert b[name] == value, name  # the same forward, the same terms: bit-identical
-    assert b["total"] == pytest.approx(a["total"] + 0.5 * b["loss_distill"], rel=1e-6)
-    b2 = on.train_step(batch)
-    assert b2["loss_distill"] > 0
-    for k, v in on.distiller.teacher.state_dict().items():
-        assert torch.equal(v, teacher_before[k]), k  # the teacher never moves
-    moved = any(not torch.equal(v, teacher_before[k]) for k, v in on.model.state_dict().items())
-    assert moved
+    (other,) = other_class_boxes([target], ["Red square", "green circle"])  # names compared cleaned
+    assert torch.equal(other, target.boxes[[0, 2]])
+    assert other_class_boxes([target], ["blue circle", "red square"])[0].shape == (0, 4)
+
+
+def test_annotated_queries_follow_the_iou_threshold_per_image_of_each_set():
+    # image 0 has one annotated box, image 1 none; queries (cxcywh): the annotated box itself, the
+    # box shifted by half its width (IoU = 0.02 / (0.04 + 0.04 - 0.02) = 1/3) and a far one
+    ann = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    queries = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.6, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]])
+    boxes = queries[None].repeat(4, 1, 1)  # 2 sets x 2 images, set-major: rows 0 and 2 are image 0
+    got = annotated_queries(boxes, [ann, torch.zeros(0, 4)])
+    expected_image0 = torch.tensor([True, False, False])
+    assert torch.equal(got[0], expected_image0) and torch.equal(got[2], expected_image0)
+    assert not got[1].any() and not got[3].any()
+    assert torch.equal(annotated_queries(boxes, [ann, ann], iou=0.3)[1], torch.tensor([True, True, False]))
+
+
+def test_suppressed_teacher_queries_rank_last_and_ask_for_zero():
+    logits, boxes = teacher_outputs(confident=3)  # 2 images, 12 queries, 3 confident per image
+    class_tokens = torch.tensor([False, True, True, False, True, True, False])
+    scores = logits.masked_fill(~class_tokens, float("-inf")).sigmoid().max(-1).values
+    top = int(scores[0].argmax())  # image 0's most confident query
+    suppress = torch.zeros(scores.shape, dtype=torch.bool)
+    suppress[0, top] = True
+    plain = teacher_targets(logits, boxes, class_tokens, topk=3)
+    got = teacher_targets(logits, boxes, class_tokens, topk=3, suppress=suppress)
+    assert any(torch.equal(b, boxes[0, top]) for b in plain[0].boxes)
+    assert not any(torch.equal(b, boxes[0, top]) for b in got[0].boxes)  # ranks below every unsuppressed query
+    assert torch.equal(got[1].token_map, plain[1].token_map) and torch.equal(got[1].boxes, plain[1].boxes)
+    everything = teacher_targets(logits, boxes, class_tokens, topk=12, suppress=suppress)
+    last = everything[0]
+    assert torch.equal(last.boxes[-1], boxes[0, top]) and float(last.token_map[-1].abs().max()) == 0.0
+
+
+def test_zero_annotated_changes_the_loss_only_for_annotations_of_other_classes(tmp_path, tokenizer):
+    cfg, ds = synthetic_dataset(tmp_path, tokenizer, 4, ["data.batch_size=2", "schedule.max_steps=1"])
+    names = tuple(c["name"] for c in json.loads(Path(cfg.data.train).read_text())["categories"])[:6]
+    trainer = make_trainer(
+        replace(cfg, loss=replace(cfg.loss, distill_classes=names, distill_annotated="zero")), ds, tokenizer
+    )
+    d = trainer.distiller
+    assert d is not None and d.zero_annotated
+    batch = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_sampler=trainer.batches, collate_fn=collate)))
+    pv, pm = batch.pixel_values, batch.pixel_mask
+    with torch.no_grad():
+        *_, student = trainer.forward_module(pv, pm, batch.captions, batch.targets)
+        teacher = d.teacher_output(pv, pm)
+    length = d.prompt.class_tokens.shape[0]
+    scores = teacher.layer_logits[-1][0, :, :length].masked_fill(~d.prompt.class_tokens, float("-inf")).amax(-1)
+    box = teacher.layer_boxes[-1][0, scores.argmax()]  # image 0's most confident query of the last layer
+
+    def annotations(phrase: str) -> list[Target]:
+        empty = Target(torch.zeros(0, 4), torch.zeros(0, 256, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
+        one = Target(box[None].clone(), torch.zeros(1, 256, dtype=torch.bool), torch.zeros(1, dtype=torch.long))
+        one.phrases = [phrase]
+        return [one, empty]
+
+    zero = torch.tensor(0.0)
+    with torch.no_grad():
+        none = d.add_to({"total": zero}, student, pv, pm)["loss_distill"]
+        kept_class = d.add_to({"total": zero}, student, pv, pm, annotations(names[0].upper()))["loss_distill"]
+        other_class = d.add_to({"total": zero}, student, pv, pm, annotations("a class to learn"))["loss_distill"]
+        d.zero_annotated = False
+        off = d.add_to({"total": zero}, student, pv, pm, annotations("a class to learn"))["loss_distill"]
+    assert torch.equal(none, kept_class) and torch.equal(none, off)  # nothing to suppress / switch off
+    assert math.isfinite(float(other_class)) and not torch.equal(none, other_class)

@@ -10,6 +10,11 @@ learn the teacher's scores (a quality-focal loss, ``|p - t|^gamma * BCE(p, t)``,
 and, weighted by the teacher's score, its box (L1 and GIoU); unmatched queries learn a score of 0.
 The image features are shared with the normal forward (the backbone runs once); the extra cost is
 the teacher's forward, one more fusion and decoder pass of the student and their backward.
+
+With ``loss.distill_annotated="zero"`` the annotations win, as they do over replay's pseudo-labels:
+teacher queries whose box overlaps (IoU > 0.5) an annotated box of a class outside the kept ones
+(a new class) get score 0, so the model learns that the new objects are none of the old classes
+instead of keeping the teacher's guesses on them (it never saw them).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from gdino.data.targets import Target
 from gdino.errors import GdinoError
 from gdino.model.features import GroundingDINOOutput
 from gdino.model.grounding_dino import GroundingDINO
-from gdino.ops.boxes import cxcywh_to_xyxy, elementwise_generalized_box_iou
+from gdino.ops.boxes import box_iou, cxcywh_to_xyxy, elementwise_generalized_box_iou
 from gdino.text.captions import classes_to_caption
 from gdino.text.positive_map import char_spans_to_token_spans
 from gdino.text.tokenize import TokenizedText, tokenize
@@ -61,12 +66,17 @@ def distill_prompt(tokenizer: Any, classes: Sequence[str], max_text_len: int) ->
     return DistillPrompt(text, class_tokens)
 
 
-def teacher_targets(logits: Tensor, boxes: Tensor, class_tokens: Tensor, topk: int) -> list[Target]:
+def teacher_targets(
+    logits: Tensor, boxes: Tensor, class_tokens: Tensor, topk: int, suppress: Tensor | None = None
+) -> list[Target]:
     """Soft targets from the teacher's ``logits [B, Q, L]`` and ``boxes [B, Q, 4]``: per image, its
     ``topk`` queries of highest score (max sigmoid over ``class_tokens [L]``), each with its box
-    and its sigmoid scores as a float token map (zero off the class tokens)."""
+    and its sigmoid scores as a float token map (zero off the class tokens). Queries where
+    ``suppress [B, Q]`` (bool) is True score 0 (they rank last and, when picked, ask for 0)."""
     cols = class_tokens.to(logits.device)
     probs = logits.float().masked_fill(~cols, float("-inf")).sigmoid()
+    if suppress is not None:
+        probs = probs.masked_fill(suppress.to(probs.device)[..., None], 0.0)
     k = min(topk, logits.shape[1])
     best = probs.max(-1).values.topk(k, dim=1).indices
     out = []
@@ -79,6 +89,35 @@ def teacher_targets(logits: Tensor, boxes: Tensor, class_tokens: Tensor, topk: i
                 labels=torch.zeros(k, dtype=torch.long, device=logits.device),
             )
         )
+    return out
+
+
+def _key(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def other_class_boxes(targets: Sequence[Target], kept: Sequence[str]) -> list[Tensor]:
+    """Per image, the annotated boxes ``[M, 4]`` (cxcywh) whose class or phrase is not one of ``kept``
+    (compared lower-cased, whitespace collapsed; a grounding phrase may hold any text)."""
+    keep = {_key(c) for c in kept}
+    out = []
+    for t in targets:
+        other = [_key(t.phrases[i]) not in keep for i in t.labels.tolist()]
+        out.append(t.boxes[torch.tensor(other, dtype=torch.bool, device=t.boxes.device)])
+    return out
+
+
+def annotated_queries(boxes: Tensor, annotated: Sequence[Tensor], iou: float = 0.5) -> Tensor:
+    """``[N, Q]`` bool: queries of ``boxes [N, Q, 4]`` (cxcywh; ``N`` = sets x images, set-major,
+    images = ``len(annotated)``) whose box overlaps one of their image's ``annotated`` boxes by
+    IoU > ``iou``."""
+    b = len(annotated)
+    out = torch.zeros(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+    for n in range(boxes.shape[0]):
+        other = annotated[n % b]
+        if len(other):
+            overlap, _ = box_iou(cxcywh_to_xyxy(boxes[n].float()), cxcywh_to_xyxy(other.to(boxes.device).float()))
+            out[n] = overlap.max(1).values > iou
     return out
 
 
@@ -160,18 +199,29 @@ class DistillForward(TrainForward):
 class Distiller:
     """The teacher (a frozen copy of the model as given) and the distillation loss.
 
-    ``add_to(losses, student, pixel_values, pixel_mask)`` runs the teacher on the batch and adds
-    ``loss_distill`` (the weighted class/L1/GIoU sum over the student's prediction sets, with the
-    criterion's per-set factors) to ``losses``; ``total`` grows by ``weight * loss_distill``. The
-    teacher runs in float32 (outside autocast), as the losses do."""
+    ``add_to(losses, student, pixel_values, pixel_mask, annotations)`` runs the teacher on the batch
+    and adds ``loss_distill`` (the weighted class/L1/GIoU sum over the student's prediction sets,
+    with the criterion's per-set factors) to ``losses``; ``total`` grows by ``weight * loss_distill``.
+    With ``zero_annotated``, the teacher's queries on ``annotations`` (the batch's targets) of
+    classes other than ``classes`` ask for score 0. The teacher runs in float32 (outside autocast),
+    as the losses do."""
 
-    def __init__(self, model: GroundingDINO, classes: Sequence[str], weight: float, topk: int, weights: LossWeights):
+    def __init__(
+        self,
+        model: GroundingDINO,
+        classes: Sequence[str],
+        weight: float,
+        topk: int,
+        weights: LossWeights,
+        zero_annotated: bool = False,
+    ):
         if model.tokenizer is None:
             raise GdinoError("the model has no tokenizer attached: distillation needs one")
         self.teacher = copy.deepcopy(model).eval()
         self.teacher.requires_grad_(False)
         self.prompt = distill_prompt(model.tokenizer, classes, model.config.max_text_len)
         self.weight, self.topk, self.weights = weight, topk, weights
+        self.classes, self.zero_annotated = tuple(classes), zero_annotated
 
     @torch.no_grad()
     def teacher_output(self, pixel_values: Tensor, pixel_mask: Tensor) -> GroundingDINOOutput:
@@ -180,7 +230,12 @@ class Distiller:
         return t.forward_features(image, t.encode_text(self.prompt.text.to(pixel_values.device)))
 
     def add_to(
-        self, losses: dict[str, Tensor], student: GroundingDINOOutput, pixel_values: Tensor, pixel_mask: Tensor
+        self,
+        losses: dict[str, Tensor],
+        student: GroundingDINOOutput,
+        pixel_values: Tensor,
+        pixel_mask: Tensor,
+        annotations: Sequence[Target] = (),
     ) -> dict[str, Tensor]:
         with torch.autocast(pixel_values.device.type, enabled=False):
             teacher = self.teacher_output(pixel_values, pixel_mask)
@@ -189,9 +244,11 @@ class Distiller:
             last = len(student.layer_logits) - 1
             logits, boxes = prediction_sets(student, length)
             t_logits, t_boxes = prediction_sets(teacher, length)
-            targets = teacher_targets(
-                t_logits.flatten(0, 1), t_boxes.flatten(0, 1), self.prompt.class_tokens, self.topk
-            )
+            t_boxes = t_boxes.flatten(0, 1)
+            suppress = None
+            if self.zero_annotated and annotations:  # the annotations of other classes win
+                suppress = annotated_queries(t_boxes, other_class_boxes(annotations, self.classes))
+            targets = teacher_targets(t_logits.flatten(0, 1), t_boxes, self.prompt.class_tokens, self.topk, suppress)
             cls, l1, giou = distill_losses(logits, boxes, targets, self.prompt.class_tokens, w)
             factors = torch.tensor([1.0 if i == last else w.aux for i in range(last + 1)] + [w.enc])
             factors = factors.to(cls.device, non_blocking=True)
@@ -206,8 +263,10 @@ __all__ = [
     "DistillForward",
     "DistillPrompt",
     "Distiller",
+    "annotated_queries",
     "distill_losses",
     "distill_prompt",
+    "other_class_boxes",
     "soft_focal_per_set",
     "teacher_targets",
 ]

@@ -123,6 +123,9 @@ class LossSection:
     :mod:`gdino.train.distill`: a frozen copy of the starting model scores every batch with their
     prompt, and the model learns to reproduce its ``distill_topk`` most confident queries per
     image, next to the normal loss, with weight ``distill_weight``); empty = off.
+    ``distill_annotated``: ``"keep"`` the teacher's scores everywhere, or ``"zero"`` them on the
+    teacher's queries that overlap an annotated box of another class (the annotation wins: the
+    model learns that a new object is none of the kept classes).
     """
 
     recipe: str = "open-groundingdino"
@@ -134,8 +137,10 @@ class LossSection:
     distill_classes: tuple[str, ...] = ()
     distill_weight: float = 1.0
     distill_topk: int = 30
+    distill_annotated: str = "keep"
 
     def __post_init__(self) -> None:
+        _choice("loss.distill_annotated", self.distill_annotated, ("keep", "zero"))
         if self.distill_weight < 0:
             raise ConfigError(f"loss.distill_weight: {self.distill_weight} is negative")
         if self.distill_topk < 1:

@@ -75,6 +75,7 @@ class Trainer:
                 loss.distill_weight,
                 loss.distill_topk,
                 getattr(criterion, "weights", LossWeights()),  # the criterion's recipe (SetCriterion)
+                zero_annotated=loss.distill_annotated == "zero",
             )
             if loss.distill_classes
             else None
@@ -167,7 +168,7 @@ class Trainer:
             )
         losses = self.criterion(output, batch.targets, meta, text_len=text_len)
         if self.distiller is not None:  # one more host sync: the matching to the teacher's queries
-            losses = self.distiller.add_to(losses, kept[0], batch.pixel_values, batch.pixel_mask)
+            losses = self.distiller.add_to(losses, kept[0], batch.pixel_values, batch.pixel_mask, batch.targets)
         loss = losses["total"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
