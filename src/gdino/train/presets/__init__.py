@@ -6,8 +6,9 @@
   ability and memory), EMA on.
 - ``smoke``: the ``small-minilm`` model from scratch (pretrained MiniLM text encoder) on generated
   synthetic shapes; a CPU-sized run for benchmarks and CI.
-- ``smoke-general``: the ``smoke`` model with more data and a step schedule sized for about 12
-  CPU-minutes; data from ``data.synthetic_variant`` (shapes, textured, crowded).
+- ``smoke-general``: the ``smoke`` model with more data, batch 2 and a step schedule sized for
+  about 18 CPU-minutes at one thread, tuned on the ``textured`` generator variant; data from
+  ``data.synthetic_variant`` (shapes, textured, crowded).
 """
 
 from __future__ import annotations
@@ -74,15 +75,19 @@ def smoke() -> TrainConfig:
 
 
 def smoke_general() -> TrainConfig:
-    # the smoke model with a recipe meant to hold on other generators (benchmarks/RESULTS.md,
-    # "Generalization"): 2000 images of the chosen variant instead of 400, 1500 steps (3 epochs) of
-    # cosine, about 12 CPU-minutes at one thread
+    """The ``smoke`` model with a recipe tuned (on the ``textured`` variant) for other generators
+    within 20 CPU-minutes at one thread (benchmarks/RESULTS.md, "Generalization"; the goal AP50 0.6
+    is not met: boxes and shapes are learned, colors not):
+    2000 images of ``data.synthetic_variant`` (each at the variant's own size, trained at 128 px),
+    batch 2 instead of 4 (twice the steps for the same images: more updates per CPU-second were the
+    tuning's gain), 4000 steps of cosine (about 18 CPU-minutes at 0.27 CPU-s per step, so the decay
+    ends inside the budget with room for a loaded machine)."""
     base = smoke()
     return replace(
         base,
-        data=replace(base.data, synthetic=2000, synthetic_val=200, synthetic_size=0),
-        schedule=ScheduleSection(epochs=3, max_steps=1500, warmup_steps=100, kind="cosine"),
-        checkpoint=CheckpointSection(every_steps=250, keep=1),
+        data=replace(base.data, synthetic=2000, synthetic_val=200, synthetic_size=0, batch_size=2),
+        schedule=ScheduleSection(epochs=4, max_steps=4000, warmup_steps=100, kind="cosine"),
+        checkpoint=CheckpointSection(every_steps=500, keep=1),
         eval=EvalSection(every_epochs=0),
         output_dir="runs/smoke-general",
     )
