@@ -7,10 +7,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
+import numpy as np
+from PIL import Image
 
 
 @contextmanager
@@ -73,3 +76,27 @@ def same_detections(a: list[dict], b: list[dict], score_tol: float = 2e-4, box_t
     for x, y in zip(a, b):
         assert abs(x["score"] - y["score"]) <= score_tol, (x, y)
         assert max(abs(p - q) for p, q in zip(x["box"], y["box"])) <= box_tol, (x, y)
+
+
+def queue_behind_gate(app, batcher, call: Callable, requests: Sequence) -> tuple:
+    """``call(requests[0])`` occupies the model thread (held by :func:`gate`) while ``call(r)`` for
+    every ``r`` in ``requests`` queues up behind it; then the gate opens, so the queued requests
+    form one batch. Returns (the first call's result, the queued calls' results in order)."""
+    with ThreadPoolExecutor(len(requests) + 1) as pool, gate(app) as (release, started):
+        first = pool.submit(call, requests[0])
+        assert started.wait(30)
+        rest = [pool.submit(call, r) for r in requests]
+        deadline = time.monotonic() + 30
+        while batcher.depth < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.depth == len(requests)
+        release.set()
+        return first.result(), [f.result() for f in rest]
+
+
+def three_photos(jpeg_path) -> list:
+    """The cat photo, its mirror image and seeded noise of the same size (PIL RGB images)."""
+    cat = Image.open(jpeg_path).convert("RGB")
+    flipped = cat.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (cat.height, cat.width, 3), dtype=np.uint8))
+    return [cat, flipped, noise]

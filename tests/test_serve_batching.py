@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the [serve] extra")
 httpx = pytest.importorskip("httpx")
 
-from serve_util import gate, running, same_detections  # noqa: E402
+from serve_util import gate, queue_behind_gate, running, same_detections  # noqa: E402
 
 from gdino.infer.detector import Detector  # noqa: E402
 from gdino.serve import ServeConfig, create_app  # noqa: E402
@@ -55,17 +55,9 @@ def test_batched_results_equal_alone(tiny_model, jpeg):
             alone.append(r.json())
         assert set(batcher.batch_sizes) == {1}
         encodes = app.state.service.detector.stats["text_encodes"]
-        with ThreadPoolExecutor(len(REQUESTS) + 1) as pool, gate(app) as (release, started):
-            first = pool.submit(detect, url, jpeg, REQUESTS[0])  # occupies the model thread...
-            assert started.wait(30)
-            rest = [pool.submit(detect, url, jpeg, f) for f in REQUESTS]  # ...while these queue up
-            deadline = time.monotonic() + 30
-            while batcher.depth < len(REQUESTS) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert batcher.depth == len(REQUESTS)
-            release.set()
-            batched = [f.result().json() for f in rest]
-            assert first.result().status_code == 200
+        first, queued = queue_behind_gate(app, batcher, lambda f: detect(url, jpeg, f), REQUESTS)
+        batched = [r.json() for r in queued]
+        assert first.status_code == 200
         assert batcher.batch_sizes[len(REQUESTS)] == 1  # the four prompts ran in one forward
         assert app.state.service.detector.stats["text_encodes"] == encodes  # repeated prompts: cached text
         metrics = httpx.get(url + "/metrics").text

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from serve_util import three_photos
 
 from gdino.infer.detector import Detector
 from gdino.serve.forward import Item, detect_mixed, pad_text
@@ -22,10 +21,7 @@ def detector(tiny_model):
 
 @pytest.fixture(scope="module")
 def photos(chelsea_jpg):
-    cat = Image.open(chelsea_jpg).convert("RGB")
-    flipped = cat.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (cat.height, cat.width, 3), dtype=np.uint8))
-    return [cat, flipped, noise]
+    return three_photos(chelsea_jpg)
 
 
 def assert_same(a, b, atol=1e-4):

@@ -18,18 +18,13 @@ rounded values). The exports are the session's ``onnx_file`` / ``split_files`` (
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("fastapi", reason="the [serve] extra")
 httpx = pytest.importorskip("httpx")
 
-from serve_util import gate, running, same_detections  # noqa: E402
+from serve_util import queue_behind_gate, running, same_detections, three_photos  # noqa: E402
 
 from gdino.cli import main  # noqa: E402
 from gdino.infer.detector import Detector  # noqa: E402
@@ -96,10 +91,7 @@ def runtime_server(request, onnx_file):
 # ---------------------------------------------------------------------------- the mixed forward
 @pytest.fixture(scope="module")
 def photos(chelsea_jpg):
-    cat = Image.open(chelsea_jpg).convert("RGB")
-    flipped = cat.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (cat.height, cat.width, 3), dtype=np.uint8))
-    return [cat, flipped, noise]
+    return three_photos(chelsea_jpg)
 
 
 @pytest.mark.slow
@@ -162,17 +154,8 @@ def test_runtime_service_batches_different_prompts(runtime_server, jpeg):
         assert r.status_code == 200, r.text
         alone.append(r.json())
     sizes = batcher.batch_sizes.copy()
-    with ThreadPoolExecutor(len(REQUESTS) + 1) as pool, gate(app) as (release, started):
-        first = pool.submit(detect, url, jpeg, REQUESTS[0])  # occupies the model thread...
-        assert started.wait(30)
-        rest = [pool.submit(detect, url, jpeg, f) for f in REQUESTS]  # ...while these queue up
-        deadline = time.monotonic() + 30
-        while batcher.depth < len(REQUESTS) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert batcher.depth == len(REQUESTS)
-        release.set()
-        batched = [f.result() for f in rest]
-        assert first.result().status_code == 200
+    first, batched = queue_behind_gate(app, batcher, lambda f: detect(url, jpeg, f), REQUESTS)
+    assert first.status_code == 200
     assert batcher.batch_sizes[len(REQUESTS)] == sizes[len(REQUESTS)] + 1  # the four prompts: one graph call
     for a, b in zip(alone, batched):
         assert b.status_code == 200, b.text
