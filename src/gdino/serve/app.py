@@ -159,7 +159,11 @@ class Guard:
 
 class BodyLimit:
     """413 for bodies over ``max_bytes``: by ``Content-Length`` before reading, and while
-    reading (chunked uploads), so an oversized body is never buffered whole."""
+    reading (chunked uploads), so an oversized body is never buffered whole.
+
+    Before the 413 goes out, up to another ``max_bytes`` of the rest of the body is read and
+    dropped: a client still uploading when the server answers and closes would otherwise often
+    see a reset connection instead of the JSON error (larger bodies are refused at once)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -171,6 +175,8 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            if int(declared) <= 2 * self.max_bytes:
+                await self._drain(receive)
             await self._refuse(send)
             return
         seen = 0
@@ -181,6 +187,8 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    if message.get("more_body", False):
+                        await self._drain(receive)
                     raise Problem(413, self.message)
             return message
 
@@ -189,6 +197,17 @@ class BodyLimit:
     @property
     def message(self) -> str:
         return f"request body over the limit of {self.max_bytes:,} bytes"
+
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop the rest of the request body, at most ``max_bytes`` of it."""
+        dropped = 0
+        while dropped <= self.max_bytes:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            dropped += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(problem_body(413, self.message)).encode()
