@@ -98,6 +98,7 @@ def test_distill_config_is_checked():
         load_config("smoke", ["loss.distill_topk=0"])
     assert load_config("smoke", []).loss.distill_annotated == "keep"
     assert load_config("smoke", ["loss.distill_annotated=zero"]).loss.distill_annotated == "zero"
+    assert load_config("smoke", ["loss.distill_annotated=ignore"]).loss.distill_annotated == "ignore"
     with pytest.raises(ConfigError, match="distill_annotated"):
         load_config("smoke", ["loss.distill_annotated=drop"])
 
@@ -144,14 +145,78 @@ def test_suppressed_teacher_queries_rank_last_and_ask_for_zero():
     assert torch.equal(last.boxes[-1], boxes[0, top]) and float(last.token_map[-1].abs().max()) == 0.0
 
 
-def test_zero_annotated_changes_the_loss_only_for_annotations_of_other_classes(tmp_path, tokenizer):
+def test_dropped_teacher_queries_are_never_targets():
+    logits, boxes = teacher_outputs(confident=5)  # 2 images, 12 queries, 5 confident (distinct scores) per image
+    class_tokens = torch.tensor([False, True, True, False, True, True, False])
+    scores = logits.masked_fill(~class_tokens, float("-inf")).sigmoid().max(-1).values
+    order = scores[0].argsort(descending=True)
+    assert bool((scores[0, order[:4]].diff() < 0).all())  # no ties among the first four
+    drop = torch.zeros(scores.shape, dtype=torch.bool)
+    drop[0, order[0]] = True  # image 0's most confident query
+    got = teacher_targets(logits, boxes, class_tokens, topk=3, drop=drop)
+    assert len(got[0]) == 3 and torch.equal(got[0].boxes, boxes[0, order[1:4]])  # the next three, in order
+    assert torch.equal(got[0].token_map, logits[0, order[1:4]].masked_fill(~class_tokens, float("-inf")).sigmoid())
+    plain = teacher_targets(logits, boxes, class_tokens, topk=3)
+    assert torch.equal(got[1].boxes, plain[1].boxes)  # image 1 untouched
+    everything = teacher_targets(logits, boxes, class_tokens, topk=12, drop=drop)
+    assert [len(t) for t in everything] == [11, 12] and len(everything[0].labels) == 11
+    assert not any(torch.equal(b, boxes[0, order[0]]) for b in everything[0].boxes)
+
+
+def _soft_bce(x: float, t: float) -> float:
+    """``|p - t|^2 * BCE(x, t)`` written out (the reference of :func:`soft_focal_per_set`)."""
+    p = 1 / (1 + math.exp(-x))
+    return -(t * math.log(p) + (1 - t) * math.log(1 - p)) * abs(p - t) ** 2
+
+
+def test_ignore_masks_unmatched_queries_on_annotated_boxes_and_drops_teacher_targets_there():
+    # One image, one prediction set, 2 class tokens. The teacher is confident on two queries: one
+    # at T (an old object) and one on the annotated new-class box A. The student's queries: q0 at T
+    # scoring what the teacher scores there, q1 on A, q2 far from both.
+    t_box, a_box = [0.25, 0.25, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]
+    class_tokens = torch.tensor([True, True])
+    t_logits = torch.tensor([[[1.0, -1.0], [2.0, 0.5], [-30.0, -30.0]]])  # [B=1, Q=3, L=2]
+    t_boxes = torch.tensor([[t_box, a_box, [0.5, 0.1, 0.1, 0.05]]])
+    s_logits = torch.tensor([[[[1.0, -1.0], [0.3, -0.7], [-0.4, 0.2]]]])  # [S=1, B=1, Q=3, L=2]
+    s_boxes = torch.tensor([[[t_box, [0.71, 0.7, 0.2, 0.2], [0.1, 0.85, 0.1, 0.1]]]])
+    annotated = [torch.tensor([a_box])]
+    drop = annotated_queries(t_boxes, annotated)
+    assert drop.tolist() == [[False, True, False]]
+    ignore = annotated_queries(s_boxes.flatten(0, 1), annotated).view(1, 1, 3)
+    assert ignore.tolist() == [[[False, True, False]]]  # IoU(q1, A) = 0.038 / (0.08 - 0.038) > 0.5
+    assert torch.equal(teacher_targets(t_logits, t_boxes, class_tokens, topk=1)[0].boxes[0], torch.tensor(a_box))
+    targets = teacher_targets(t_logits, t_boxes, class_tokens, topk=1, drop=drop)  # the next best instead
+    assert len(targets[0]) == 1 and torch.equal(targets[0].boxes[0], torch.tensor(t_box))
+    cls, l1, giou = distill_losses(s_logits, s_boxes, targets, class_tokens, LossWeights(), ignore)
+    # q0 is matched to T and scores its targets exactly (0); q1 is masked; q2 asks for 0 on both tokens
+    score = 1 / (1 + math.exp(-1.0))  # the target's max score (< 1: the normalizer is 1)
+    expected = _soft_bce(-0.4, 0.0) + _soft_bce(0.2, 0.0)
+    assert float(cls[0]) == pytest.approx(expected, rel=1e-5)
+    assert float(l1[0]) == pytest.approx(0.0, abs=1e-6) and float(giou[0]) == pytest.approx(0.0, abs=1e-6)
+    assert score < 1
+    # without the mask q1, unmatched too, adds its own "score 0" term
+    unmasked, *_ = distill_losses(s_logits, s_boxes, targets, class_tokens, LossWeights())
+    assert float(unmasked[0]) == pytest.approx(expected + _soft_bce(0.3, 0.0) + _soft_bce(-0.7, 0.0), rel=1e-5)
+    # a matched query on an annotated box stays in: with the teacher's A query kept as a target,
+    # q1 is matched to it and learns the teacher's scores there despite the mask
+    kept = teacher_targets(t_logits, t_boxes, class_tokens, topk=2)
+    assert len(kept[0]) == 2
+    cls_kept, *_ = distill_losses(s_logits, s_boxes, kept, class_tokens, LossWeights(), ignore)
+    p_a = [1 / (1 + math.exp(-v)) for v in (2.0, 0.5)]
+    norm = max(score + max(p_a), 1.0)
+    want = (expected + _soft_bce(0.3, p_a[0]) + _soft_bce(-0.7, p_a[1])) / norm
+    assert float(cls_kept[0]) == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["zero", "ignore"])
+def test_annotated_modes_change_the_loss_only_for_annotations_of_other_classes(tmp_path, tokenizer, mode):
     cfg, ds = synthetic_dataset(tmp_path, tokenizer, 4, ["data.batch_size=2", "schedule.max_steps=1"])
     names = tuple(c["name"] for c in json.loads(Path(cfg.data.train).read_text())["categories"])[:6]
     trainer = make_trainer(
-        replace(cfg, loss=replace(cfg.loss, distill_classes=names, distill_annotated="zero")), ds, tokenizer
+        replace(cfg, loss=replace(cfg.loss, distill_classes=names, distill_annotated=mode)), ds, tokenizer
     )
     d = trainer.distiller
-    assert d is not None and d.zero_annotated
+    assert d is not None and d.annotated == mode
     batch = next(iter(torch.utils.data.DataLoader(trainer.dataset, batch_sampler=trainer.batches, collate_fn=collate)))
     pv, pm = batch.pixel_values, batch.pixel_mask
     with torch.no_grad():
@@ -172,7 +237,7 @@ def test_zero_annotated_changes_the_loss_only_for_annotations_of_other_classes(t
         none = d.add_to({"total": zero}, student, pv, pm)["loss_distill"]
         kept_class = d.add_to({"total": zero}, student, pv, pm, annotations(names[0].upper()))["loss_distill"]
         other_class = d.add_to({"total": zero}, student, pv, pm, annotations("a class to learn"))["loss_distill"]
-        d.zero_annotated = False
+        d.annotated = "keep"
         off = d.add_to({"total": zero}, student, pv, pm, annotations("a class to learn"))["loss_distill"]
     assert torch.equal(none, kept_class) and torch.equal(none, off)  # nothing to suppress / switch off
     assert math.isfinite(float(other_class)) and not torch.equal(none, other_class)

@@ -14,7 +14,11 @@ the teacher's forward, one more fusion and decoder pass of the student and their
 With ``loss.distill_annotated="zero"`` the annotations win, as they do over replay's pseudo-labels:
 teacher queries whose box overlaps (IoU > 0.5) an annotated box of a class outside the kept ones
 (a new class) get score 0, so the model learns that the new objects are none of the old classes
-instead of keeping the teacher's guesses on them (it never saw them).
+instead of keeping the teacher's guesses on them (it never saw them). With ``"ignore"`` the
+distillation stays out of those regions: the teacher queries that overlap an annotated new-class box
+are dropped from the targets, and the student queries whose own box overlaps one (IoU > 0.5) and
+that are not matched to a teacher target leave the class term (no "score 0" is asked of them), so
+only the annotations speak there.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ from gdino.text.tokenize import TokenizedText, tokenize
 from gdino.train.criterion import LossWeights
 from gdino.train.forward import TrainForward
 from gdino.train.matcher import flatten_matches, hungarian_match
+
+#: The values of ``loss.distill_annotated``.
+ANNOTATED = ("keep", "zero", "ignore")
 
 
 @dataclass(frozen=True)
@@ -67,26 +74,39 @@ def distill_prompt(tokenizer: Any, classes: Sequence[str], max_text_len: int) ->
 
 
 def teacher_targets(
-    logits: Tensor, boxes: Tensor, class_tokens: Tensor, topk: int, suppress: Tensor | None = None
+    logits: Tensor,
+    boxes: Tensor,
+    class_tokens: Tensor,
+    topk: int,
+    suppress: Tensor | None = None,
+    drop: Tensor | None = None,
 ) -> list[Target]:
     """Soft targets from the teacher's ``logits [B, Q, L]`` and ``boxes [B, Q, 4]``: per image, its
     ``topk`` queries of highest score (max sigmoid over ``class_tokens [L]``), each with its box
     and its sigmoid scores as a float token map (zero off the class tokens). Queries where
-    ``suppress [B, Q]`` (bool) is True score 0 (they rank last and, when picked, ask for 0)."""
+    ``suppress [B, Q]`` (bool) is True score 0 (they rank last and, when picked, ask for 0);
+    queries where ``drop [B, Q]`` is True are never targets (an image may then get fewer than
+    ``topk``)."""
     cols = class_tokens.to(logits.device)
     probs = logits.float().masked_fill(~cols, float("-inf")).sigmoid()
     if suppress is not None:
         probs = probs.masked_fill(suppress.to(probs.device)[..., None], 0.0)
+    rank = probs.max(-1).values
+    if drop is not None:
+        drop = drop.to(probs.device)
+        rank = rank.masked_fill(drop, -1.0)  # below every score
     k = min(topk, logits.shape[1])
-    best = probs.max(-1).values.topk(k, dim=1).indices
+    best = rank.topk(k, dim=1).indices
     out = []
     for b in range(logits.shape[0]):
         idx = best[b]
+        if drop is not None:
+            idx = idx[~drop[b, idx]]
         out.append(
             Target(
                 boxes=boxes[b, idx].float(),
                 token_map=probs[b, idx],
-                labels=torch.zeros(k, dtype=torch.long, device=logits.device),
+                labels=torch.zeros(len(idx), dtype=torch.long, device=logits.device),
             )
         )
     return out
@@ -132,12 +152,19 @@ def soft_focal_per_set(logits: Tensor, targets: Tensor, mask: Tensor, gamma: flo
 
 
 def distill_losses(
-    logits: Tensor, boxes: Tensor, targets: Sequence[Target], class_tokens: Tensor, weights: LossWeights
+    logits: Tensor,
+    boxes: Tensor,
+    targets: Sequence[Target],
+    class_tokens: Tensor,
+    weights: LossWeights,
+    ignore: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Class / L1 / GIoU distillation losses ``[S]`` of ``S`` student prediction sets
     ``logits [S, B, Q, L]``, ``boxes [S, B, Q, 4]`` against the teacher's soft ``targets`` of the same
     sets (``S * B`` of them, set-major, from :func:`teacher_targets` on the teacher's sets), each set
-    and image matched on its own; divided by the teacher's summed scores per set."""
+    and image matched on its own; divided by the teacher's summed scores per set. Queries where
+    ``ignore [S, B, Q]`` (bool) is True and that are not matched to a target leave the class term
+    (unmatched queries otherwise learn a score of 0)."""
     w = weights
     sets, b, q, length = logits.shape
     device = logits.device
@@ -161,7 +188,12 @@ def distill_losses(
     maps = torch.cat([t.token_map[:, :length] for t in targets]).to(device, torch.float32)
     soft = torch.zeros(logits.shape, dtype=torch.float32, device=device)
     soft[s_idx, b_idx, q_idx] = maps[g_idx]
-    cls = soft_focal_per_set(logits, soft, mask.view(sets, b, 1, length), w.focal_gamma)
+    cls_mask = mask.view(sets, b, 1, length)
+    if ignore is not None:
+        matched = torch.zeros(logits.shape[:3], dtype=torch.bool, device=device)
+        matched[s_idx, b_idx, q_idx] = True
+        cls_mask = cls_mask & ~(ignore.to(device) & ~matched)[..., None]
+    cls = soft_focal_per_set(logits, soft, cls_mask, w.focal_gamma)
     score = maps.max(-1).values
     tgt = torch.cat([t.boxes for t in targets]).to(device, torch.float32)[g_idx]
     pred = boxes[s_idx, b_idx, q_idx].float()
@@ -202,9 +234,11 @@ class Distiller:
     ``add_to(losses, student, pixel_values, pixel_mask, annotations)`` runs the teacher on the batch
     and adds ``loss_distill`` (the weighted class/L1/GIoU sum over the student's prediction sets,
     with the criterion's per-set factors) to ``losses``; ``total`` grows by ``weight * loss_distill``.
-    With ``zero_annotated``, the teacher's queries on ``annotations`` (the batch's targets) of
-    classes other than ``classes`` ask for score 0. The teacher runs in float32 (outside autocast),
-    as the losses do."""
+    ``annotated`` (``loss.distill_annotated``) says what happens on ``annotations`` (the batch's
+    targets) of classes other than ``classes``: ``"keep"`` the teacher's scores there, ``"zero"``
+    them (the teacher's queries there ask for score 0), or ``"ignore"`` the regions (the teacher's
+    queries there are dropped, and the student's unmatched queries there leave the class term).
+    The teacher runs in float32 (outside autocast), as the losses do."""
 
     def __init__(
         self,
@@ -213,15 +247,17 @@ class Distiller:
         weight: float,
         topk: int,
         weights: LossWeights,
-        zero_annotated: bool = False,
+        annotated: str = "keep",
     ):
+        if annotated not in ANNOTATED:
+            raise GdinoError(f"distillation: annotated={annotated!r}; choose from {', '.join(ANNOTATED)}")
         if model.tokenizer is None:
             raise GdinoError("the model has no tokenizer attached: distillation needs one")
         self.teacher = copy.deepcopy(model).eval()
         self.teacher.requires_grad_(False)
         self.prompt = distill_prompt(model.tokenizer, classes, model.config.max_text_len)
         self.weight, self.topk, self.weights = weight, topk, weights
-        self.classes, self.zero_annotated = tuple(classes), zero_annotated
+        self.classes, self.annotated = tuple(classes), annotated
 
     @torch.no_grad()
     def teacher_output(self, pixel_values: Tensor, pixel_mask: Tensor) -> GroundingDINOOutput:
@@ -245,11 +281,19 @@ class Distiller:
             logits, boxes = prediction_sets(student, length)
             t_logits, t_boxes = prediction_sets(teacher, length)
             t_boxes = t_boxes.flatten(0, 1)
-            suppress = None
-            if self.zero_annotated and annotations:  # the annotations of other classes win
-                suppress = annotated_queries(t_boxes, other_class_boxes(annotations, self.classes))
-            targets = teacher_targets(t_logits.flatten(0, 1), t_boxes, self.prompt.class_tokens, self.topk, suppress)
-            cls, l1, giou = distill_losses(logits, boxes, targets, self.prompt.class_tokens, w)
+            suppress = drop = ignore = None
+            if self.annotated != "keep" and annotations:  # the annotations of other classes win
+                other = other_class_boxes(annotations, self.classes)
+                on_other = annotated_queries(t_boxes, other)
+                if self.annotated == "zero":
+                    suppress = on_other
+                else:  # "ignore": no teacher target there, no "score 0" asked of the student there
+                    drop = on_other
+                    ignore = annotated_queries(boxes.detach().flatten(0, 1), other).view(boxes.shape[:3])
+            targets = teacher_targets(
+                t_logits.flatten(0, 1), t_boxes, self.prompt.class_tokens, self.topk, suppress, drop
+            )
+            cls, l1, giou = distill_losses(logits, boxes, targets, self.prompt.class_tokens, w, ignore)
             factors = torch.tensor([1.0 if i == last else w.aux for i in range(last + 1)] + [w.enc])
             factors = factors.to(cls.device, non_blocking=True)
             term = ((w.loss_class * cls + w.loss_bbox * l1 + w.loss_giou * giou) * factors).sum()
@@ -260,6 +304,7 @@ class Distiller:
 
 
 __all__ = [
+    "ANNOTATED",
     "DistillForward",
     "DistillPrompt",
     "Distiller",

@@ -123,9 +123,13 @@ class LossSection:
     :mod:`gdino.train.distill`: a frozen copy of the starting model scores every batch with their
     prompt, and the model learns to reproduce its ``distill_topk`` most confident queries per
     image, next to the normal loss, with weight ``distill_weight``); empty = off.
-    ``distill_annotated``: ``"keep"`` the teacher's scores everywhere, or ``"zero"`` them on the
-    teacher's queries that overlap an annotated box of another class (the annotation wins: the
-    model learns that a new object is none of the kept classes).
+    ``distill_annotated``: what the distillation does on an annotated box of a class outside
+    ``distill_classes`` (a new class): ``"keep"`` the teacher's scores there too, ``"zero"`` them
+    on the teacher's queries that overlap it (IoU > 0.5; the annotation wins: the model learns
+    that a new object is none of the kept classes), or ``"ignore"`` the region (those teacher
+    queries are dropped from the targets, and the student's queries whose box overlaps it and
+    that match no teacher target are left out of the class term: neither the teacher's guess nor
+    a "score 0" is asked there, only the annotation's own loss speaks).
     """
 
     recipe: str = "open-groundingdino"
@@ -140,7 +144,7 @@ class LossSection:
     distill_annotated: str = "keep"
 
     def __post_init__(self) -> None:
-        _choice("loss.distill_annotated", self.distill_annotated, ("keep", "zero"))
+        _choice("loss.distill_annotated", self.distill_annotated, ("keep", "zero", "ignore"))
         if self.distill_weight < 0:
             raise ConfigError(f"loss.distill_weight: {self.distill_weight} is negative")
         if self.distill_topk < 1:

@@ -75,7 +75,7 @@ class Trainer:
                 loss.distill_weight,
                 loss.distill_topk,
                 getattr(criterion, "weights", LossWeights()),  # the criterion's recipe (SetCriterion)
-                zero_annotated=loss.distill_annotated == "zero",
+                annotated=loss.distill_annotated,
             )
             if loss.distill_classes
             else None
