@@ -96,9 +96,9 @@ def test_distill_config_is_checked():
         load_config("smoke", ["loss.distill_weight=-1"])
     with pytest.raises(ConfigError, match="distill_topk"):
         load_config("smoke", ["loss.distill_topk=0"])
-    assert load_config("smoke", []).loss.distill_annotated == "keep"
+    assert load_config("smoke", []).loss.distill_annotated == "ignore"
     assert load_config("smoke", ["loss.distill_annotated=zero"]).loss.distill_annotated == "zero"
-    assert load_config("smoke", ["loss.distill_annotated=ignore"]).loss.distill_annotated == "ignore"
+    assert load_config("smoke", ["loss.distill_annotated=keep"]).loss.distill_annotated == "keep"
     with pytest.raises(ConfigError, match="distill_annotated"):
         load_config("smoke", ["loss.distill_annotated=drop"])
 

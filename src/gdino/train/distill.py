@@ -11,14 +11,15 @@ and, weighted by the teacher's score, its box (L1 and GIoU); unmatched queries l
 The image features are shared with the normal forward (the backbone runs once); the extra cost is
 the teacher's forward, one more fusion and decoder pass of the student and their backward.
 
-With ``loss.distill_annotated="zero"`` the annotations win, as they do over replay's pseudo-labels:
-teacher queries whose box overlaps (IoU > 0.5) an annotated box of a class outside the kept ones
-(a new class) get score 0, so the model learns that the new objects are none of the old classes
-instead of keeping the teacher's guesses on them (it never saw them). With ``"ignore"`` the
-distillation stays out of those regions: the teacher queries that overlap an annotated new-class box
-are dropped from the targets, and the student queries whose own box overlaps one (IoU > 0.5) and
-that are not matched to a teacher target leave the class term (no "score 0" is asked of them), so
-only the annotations speak there.
+On the regions annotated with a class outside the kept ones (a new class), the teacher often
+guesses the old class of the same shape. ``loss.distill_annotated`` says what happens there:
+``"keep"`` asks the model to keep those guesses; with ``"zero"`` the annotations win, as they do
+over replay's pseudo-labels: teacher queries whose box overlaps (IoU > 0.5) an annotated new-class
+box get score 0, so the model learns that the new objects are none of the old classes; with
+``"ignore"`` (the default, the best measured) the distillation stays out of those regions: the
+teacher queries that overlap an annotated new-class box are dropped from the targets, and the
+student queries whose own box overlaps one (IoU > 0.5) and that are not matched to a teacher
+target leave the class term (no "score 0" is asked of them), so only the annotations speak there.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ class Distiller:
         weight: float,
         topk: int,
         weights: LossWeights,
-        annotated: str = "keep",
+        annotated: str = "ignore",
     ):
         if annotated not in ANNOTATED:
             raise GdinoError(f"distillation: annotated={annotated!r}; choose from {', '.join(ANNOTATED)}")

@@ -124,12 +124,13 @@ class LossSection:
     prompt, and the model learns to reproduce its ``distill_topk`` most confident queries per
     image, next to the normal loss, with weight ``distill_weight``); empty = off.
     ``distill_annotated``: what the distillation does on an annotated box of a class outside
-    ``distill_classes`` (a new class): ``"keep"`` the teacher's scores there too, ``"zero"`` them
-    on the teacher's queries that overlap it (IoU > 0.5; the annotation wins: the model learns
-    that a new object is none of the kept classes), or ``"ignore"`` the region (those teacher
-    queries are dropped from the targets, and the student's queries whose box overlaps it and
-    that match no teacher target are left out of the class term: neither the teacher's guess nor
-    a "score 0" is asked there, only the annotation's own loss speaks).
+    ``distill_classes`` (a new class): ``"ignore"`` the region (the default: the teacher's queries
+    that overlap it by IoU > 0.5 are dropped from the targets, and the student's queries whose box
+    overlaps it by IoU > 0.5 and that match no teacher target are left out of the class term:
+    neither the teacher's guess nor a "score 0" is asked there, only the annotation's own loss
+    speaks), ``"keep"`` the teacher's scores there too, or ``"zero"`` them on the teacher's
+    queries that overlap it (the annotation wins: the model learns that a new object is none of
+    the kept classes). ``ignore`` measured best (benchmarks/RESULTS.md, fourth measurement).
     """
 
     recipe: str = "open-groundingdino"
@@ -141,7 +142,7 @@ class LossSection:
     distill_classes: tuple[str, ...] = ()
     distill_weight: float = 1.0
     distill_topk: int = 30
-    distill_annotated: str = "keep"
+    distill_annotated: str = "ignore"
 
     def __post_init__(self) -> None:
         _choice("loss.distill_annotated", self.distill_annotated, ("keep", "zero", "ignore"))
