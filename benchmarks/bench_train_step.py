@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from collections import defaultdict
@@ -355,7 +356,7 @@ def isolated(args: argparse.Namespace) -> None:
             args.device,
             "--out",
             out,
-        ]
+        ] + (["--keep-freed-memory"] if args.keep_freed_memory else [])
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         with open(out, encoding="utf-8") as f:
             one = json.load(f)
@@ -395,10 +396,19 @@ def main() -> None:
         action="store_true",
         help="each implementation in its own process, one after the other (for large models)",
     )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed blocks for reuse (gdino.train.host_memory, as `gdino train` does), for every implementation",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON result here")
     args = parser.parse_args()
     if args.isolate:
         return isolated(args)
+    if args.keep_freed_memory:
+        from gdino.train.host_memory import keep_freed_memory
+
+        keep_freed_memory()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -445,6 +455,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        "keep_freed_memory": args.keep_freed_memory,
+        "max_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
         "repeats": args.repeats,
         "median_s": {k: round(statistics.median(v), 4) for k, v in times.items()},
         "cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()},
