@@ -1,8 +1,9 @@
 """``keep_freed_memory``: a large block freed and allocated again reuses the heap's pages.
 
 Run in a subprocess: the setting is process-wide and would keep the test process's freed memory.
-The check counts minor page faults (not time): a 16 MiB tensor written twice, freed in between,
-faults in its 4096 pages twice with glibc's default mmap path and once with the setting.
+The check counts minor page faults (not time): after a 64 MiB block, a 16 MiB tensor written twice,
+freed in between, faults in its 4096 pages twice with glibc's default mmap path and once with the
+setting.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import resource, sys, torch
 from gdino.train.host_memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-def faults():
-    t = torch.empty(4 * 1024 * 1024)  # 16 MiB of float32
+def faults(n):
+    t = torch.empty(n)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t.fill_(1.0)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults()
-print(faults())
+faults(16 * 1024 * 1024)  # a 64 MiB block first, as a step's largest activations grow the heap
+faults(4 * 1024 * 1024)
+print(faults(4 * 1024 * 1024))  # 16 MiB of float32, the second time
 """
 
 
