@@ -203,6 +203,7 @@ class GdinoStep:
     def breakdown(self, batch: Any, device: torch.device) -> dict[str, Any]:
         """One step with every part timed (see the module docstring)."""
         import gdino.train.criterion as crit
+        import gdino.train.forward as forward_mod
         import gdino.train.trainer as trainer_mod
         from gdino.train import matcher
 
@@ -211,7 +212,9 @@ class GdinoStep:
         m = self.model
         undo.append(_time_method(m, "encode_text", "forward: text encoder (BERT + feat_map)", clock))
         undo.append(_time_method(m, "encode_image", "forward: backbone + input projections", clock))
-        undo.append(clock.wrap(trainer_mod, "build_denoising", "forward: denoising queries (build)"))
+        # the module that calls build_denoising (TrainForward's, earlier the trainer's)
+        caller = forward_mod if hasattr(forward_mod, "build_denoising") else trainer_mod
+        undo.append(clock.wrap(caller, "build_denoising", "forward: denoising queries (build)"))
         for name, label in LOSS_FUNCTIONS:
             if hasattr(crit, name):
                 undo.append(clock.wrap(crit, name, label))
