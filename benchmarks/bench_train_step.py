@@ -31,6 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -288,7 +289,9 @@ class HFStep:
         from gdino.text.tokenize import tokenize
         from gdino.weights.hf_config import config_to_hf
 
-        data = config_to_hf(get_preset(preset))
+        # transformers has no calibrated logits (a scale and a bias on the class logits, the
+        # smoke preset's): its model gets the plain dot product, the same shapes and cost otherwise
+        data = config_to_hf(replace(get_preset(preset), calibrated_logits=False))
         data.pop("gdino", None)
         data.pop("architectures", None)
         cfg = GroundingDinoConfig.from_dict({**data, "auxiliary_loss": True})
