@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from gdino.ops import relu_mlp as relu_mlp_module
 from gdino.ops.relu_mlp import ReluMLP, relu_mlp
 
 
@@ -24,9 +25,12 @@ def _grads(fn, x, fc1, fc2):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_output_and_gradients_equal_autograd(dtype):
-    """The same operations as autograd's: equal outputs and gradients (3-d input, some hidden
-    units negative for every row so the ReLU mask matters)."""
+@pytest.mark.parametrize("chunk_rows", [4, 21, 1024])
+def test_output_and_gradients_equal_autograd(monkeypatch, dtype, chunk_rows):
+    """The same operations as autograd's: equal outputs, and gradients up to float rounding (the
+    backward sums the first layer's over row chunks: 21 rows in chunks of 4, in one of 21, in one
+    partial chunk). 3-d input; some hidden units negative for every row, so the ReLU mask matters."""
+    monkeypatch.setattr(relu_mlp_module, "CHUNK_ROWS", chunk_rows)
     fc1, fc2 = _layers(dtype)
     with torch.no_grad():
         fc1.bias[:5] = -10.0  # always off
