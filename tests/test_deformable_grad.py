@@ -165,3 +165,13 @@ def test_auto_keeps_grid_sample_for_training_off_the_cpu():
     with torch.no_grad():
         assert _resolve("auto", on_meta) == "gather"
     assert _resolve("auto", torch.ones(2, requires_grad=True)) == "gather"
+
+
+def test_double_backward_is_refused():
+    value, loc, w = _inputs(SHAPES, seed=11, b=1, q=2)
+    value.requires_grad_()
+    out = multi_scale_deformable_sample(value, SHAPES, loc, w, method="gather")
+    (grad,) = torch.autograd.grad(out.square().sum(), value, create_graph=True)
+    # first order only (once_differentiable): an error, not a second derivative that misses terms
+    with pytest.raises(RuntimeError, match="once_differentiable|not have been used in the graph"):
+        torch.autograd.grad(grad.sum(), value)

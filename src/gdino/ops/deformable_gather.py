@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 _PAD = 2  # zero border around every level: all four corners of any clamped location are in range
 #: Bags (batch x query x head) per chunk of the gather on the CPU: its index and weight tensors
@@ -212,6 +213,7 @@ class GatherSample(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # no double backward: a clear error instead of a wrong graph
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         table, weights, rows, frac, corners = ctx.saved_tensors
         shapes: list[tuple[int, int]] = ctx.shapes

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 #: Rows per chunk of the hidden gradient on the CPU (1024 x 2048 floats: 8 MB, L2/L3-sized).
 CHUNK_ROWS = 1024
@@ -33,6 +34,7 @@ class ReluMLP(torch.autograd.Function):
         return torch.addmm(b2, hidden, w2.t())
 
     @staticmethod
+    @once_differentiable  # no double backward: a clear error instead of a wrong graph
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, w1, hidden, w2 = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
