@@ -3,9 +3,10 @@
 Forward: the four bilinear corners of every sample are rows of a zero-bordered value table, and
 one ``embedding_bag`` per chunk of (batch, query, head) bags sums them, the attention weight folded
 into the corner weights (:func:`gather_pixels`). When a gradient is recorded the same forward runs
-inside :class:`GatherSample`, which keeps only the int32 table row of each sample's top-left
-corner, its bilinear fractions and the table, and computes the backward itself (``embedding_bag``'s
-own backward sorts every index, which made the gather slower than ``grid_sample`` in training):
+inside :class:`GatherSample`, which keeps the table, the int32 table row of each sample's top-left
+corner, its bilinear fractions and its four corner weights (no copy of the gathered rows), and
+computes the backward itself (``embedding_bag``'s own backward sorts every index, which made the
+gather slower than ``grid_sample`` in training):
 
 - value: ``d value[row] += corner weight * d out[bag]`` for the four corners of every sample, one
   ``scatter_add_`` per chunk into a ``[rows, 4 corners, C]`` buffer indexed by the top-left row
