@@ -25,11 +25,13 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -202,6 +204,7 @@ class GdinoStep:
     def breakdown(self, batch: Any, device: torch.device) -> dict[str, Any]:
         """One step with every part timed (see the module docstring)."""
         import gdino.train.criterion as crit
+        import gdino.train.forward as forward_mod
         import gdino.train.trainer as trainer_mod
         from gdino.train import matcher
 
@@ -210,7 +213,9 @@ class GdinoStep:
         m = self.model
         undo.append(_time_method(m, "encode_text", "forward: text encoder (BERT + feat_map)", clock))
         undo.append(_time_method(m, "encode_image", "forward: backbone + input projections", clock))
-        undo.append(clock.wrap(trainer_mod, "build_denoising", "forward: denoising queries (build)"))
+        # the module that calls build_denoising (TrainForward's, earlier the trainer's)
+        caller = forward_mod if hasattr(forward_mod, "build_denoising") else trainer_mod
+        undo.append(clock.wrap(caller, "build_denoising", "forward: denoising queries (build)"))
         for name, label in LOSS_FUNCTIONS:
             if hasattr(crit, name):
                 undo.append(clock.wrap(crit, name, label))
@@ -284,7 +289,9 @@ class HFStep:
         from gdino.text.tokenize import tokenize
         from gdino.weights.hf_config import config_to_hf
 
-        data = config_to_hf(get_preset(preset))
+        # transformers has no calibrated logits (a scale and a bias on the class logits, the
+        # smoke preset's): its model gets the plain dot product, the same shapes and cost otherwise
+        data = config_to_hf(replace(get_preset(preset), calibrated_logits=False))
         data.pop("gdino", None)
         data.pop("architectures", None)
         cfg = GroundingDinoConfig.from_dict({**data, "auxiliary_loss": True})
@@ -355,7 +362,7 @@ def isolated(args: argparse.Namespace) -> None:
             args.device,
             "--out",
             out,
-        ]
+        ] + (["--keep-freed-memory"] if args.keep_freed_memory else [])
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         with open(out, encoding="utf-8") as f:
             one = json.load(f)
@@ -395,10 +402,19 @@ def main() -> None:
         action="store_true",
         help="each implementation in its own process, one after the other (for large models)",
     )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed blocks for reuse (gdino.train.host_memory, as `gdino train` does), for every implementation",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON result here")
     args = parser.parse_args()
     if args.isolate:
         return isolated(args)
+    if args.keep_freed_memory:
+        from gdino.train.host_memory import keep_freed_memory
+
+        keep_freed_memory()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -445,6 +461,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        "keep_freed_memory": args.keep_freed_memory,
+        "max_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
         "repeats": args.repeats,
         "median_s": {k: round(statistics.median(v), 4) for k, v in times.items()},
         "cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()},

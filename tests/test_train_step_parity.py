@@ -26,12 +26,19 @@ from train_step_losses import step_losses  # noqa: E402  (the fixture script, sh
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-#: Relative tolerance per step. Step 1 is the forward, the losses and the first gradient: float32
-#: sums taken in another order differ in the last bits (measured 1.2e-7). Each optimizer step
-#: amplifies that: Adam's first update is close to ``lr * sign(grad)``, so parameters whose gradient
-#: is near zero move by +-lr depending on rounding (measured 2.4e-6 at step 2, 1.6e-4 at step 3, the
-#: grad norm; every loss term of step 3 within 1e-4).
-RTOL = (1e-5, 1e-4, 1e-3)
+#: Relative tolerance per step, loss terms and grad norm apart. Step 1 is the forward, the losses and
+#: the first gradient: float32 sums taken in another order differ in the last bits (measured 1.2e-7;
+#: grad norm 8.9e-8 with the hand-written deformable backward). Each optimizer step amplifies rounding:
+#: Adam's first update is close to ``lr * sign(grad)``, so parameters whose gradient is within rounding
+#: of zero move by +-lr depending on it. ``fixtures/train_step_rounding.py`` measures the amplification:
+#: the recorded sampling path with its value gradient perturbed by 1e-7 relative noise (below float32's
+#: epsilon) moves step 2 by up to 4.6e-4 (grad norm) / 1.2e-5 (loss terms) and step 3 by up to 7.1e-3 /
+#: 1.0e-3 (six seeds). Any change of summation order in a backward (the deformable sampling's
+#: hand-written backward sums in another order than ``grid_sample``'s: 3.3e-4 / 2.8e-6 at step 2,
+#: 1.8e-3 / 3.1e-4 at step 3) lands in that envelope, so steps 2 and 3 allow it with a margin; the
+#: deformable backward itself is held to 1e-10 in float64 by tests/test_deformable_grad.py.
+RTOL_LOSSES = (1e-5, 1e-4, 3e-3)
+RTOL_GRAD_NORM = (1e-5, 2e-3, 3e-2)
 
 
 def test_three_fixed_steps_match_recorded_losses(tmp_path, vocab_dir):
@@ -41,4 +48,5 @@ def test_three_fixed_steps_match_recorded_losses(tmp_path, vocab_dir):
     for step, (now, before) in enumerate(zip(current, reference)):
         assert set(now) == set(before), (step, set(now) ^ set(before))
         for name, value in before.items():
-            assert now[name] == pytest.approx(value, rel=RTOL[step], abs=1e-6), (step, name, now[name], value)
+            rtol = (RTOL_GRAD_NORM if name == "grad_norm" else RTOL_LOSSES)[step]
+            assert now[name] == pytest.approx(value, rel=rtol, abs=1e-6), (step, name, now[name], value)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from gdino.config import GroundingDINOConfig
 from gdino.model.attention import MultiheadAttention
@@ -15,6 +14,7 @@ from gdino.model.heads import MLP
 from gdino.model.position import box_sine_embedding
 from gdino.ops.boxes import inverse_sigmoid
 from gdino.ops.deformable import MultiScaleDeformableAttention
+from gdino.ops.relu_mlp import relu_mlp
 
 
 @dataclass
@@ -67,7 +67,7 @@ class DecoderLayer(nn.Module):
         tgt = self.catext_norm(tgt + self.ca_text(tgt + query_pos, text, text, blocked=text_padding[:, None, None, :]))
         attn = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, padding)
         tgt = self.norm1(tgt + attn)
-        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + relu_mlp(tgt, self.linear1, self.linear2))
 
 
 class Decoder(nn.Module):

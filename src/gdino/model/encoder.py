@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gdino.config import GroundingDINOConfig
@@ -14,6 +13,7 @@ from gdino.model.feed_forward import residual_feed_forward
 from gdino.model.fusion import BiAttentionBlock
 from gdino.model.position import text_position_embedding
 from gdino.ops.deformable import MultiScaleDeformableAttention
+from gdino.ops.relu_mlp import relu_mlp
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -61,7 +61,7 @@ class TextEnhancerLayer(nn.Module):
         qk = text + pos
         attn = self.self_attn(qk, qk, text, blocked=~self_attention_masks[:, None])
         text = self.norm1(text + attn)
-        return self.norm2(text + self.linear2(F.relu(self.linear1(text))))
+        return self.norm2(text + relu_mlp(text, self.linear1, self.linear2))
 
 
 def encoder_reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from gdino.ops.fused_linear import linear_activation, linear_add
+from gdino.ops.relu_mlp import relu_mlp
 
 #: Rows per chunk: the hidden activation of one chunk (rows x hidden floats) fits in the L2/L3 cache.
 CHUNK_ROWS = 1024
@@ -43,6 +44,8 @@ def residual_feed_forward(
     post = post_norm if post_norm is not None else nn.Identity()
     # export: no loop over a symbolic row count; GPUs: a chunk is too small to fill the device
     if torch.is_grad_enabled() or torch.compiler.is_exporting() or x.device.type != "cpu":
+        if activation == "relu":  # training on the CPU: ReLU and its backward in place (gdino.ops.relu_mlp)
+            return post(x + relu_mlp(pre(x), fc1, fc2))
         return post(x + fc2(ACTIVATIONS[activation](fc1(pre(x)))))
     flat = x.reshape(-1, x.shape[-1])
     out = torch.empty_like(flat)

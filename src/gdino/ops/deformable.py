@@ -5,10 +5,15 @@ pixel-centre convention of the original CUDA kernel). Two implementations comput
 ``"gather"`` folds the attention weights into the four bilinear corner weights and does one
 weighted gather-sum over all levels with ``embedding_bag``, about 3x faster than ``"grid_sample"``
 (the official PyTorch fallback: one ``grid_sample`` per level, then stack, multiply and sum) in a
-forward pass. Their backward passes rank the other way: ``embedding_bag``'s backward sorts every
-index, so forward plus backward takes about twice as long as ``grid_sample``'s (measured on the
-smoke-training shapes, 2 CPU threads: 88 ms vs 39 ms per call). ``"auto"`` (the default) therefore
-gathers when no gradient is recorded (inference) and uses ``grid_sample`` when one is (training).
+forward pass. With a gradient recorded the gather runs through a hand-written backward
+(``gdino.ops.deformable_gather.GatherSample``: ``embedding_bag``'s own backward sorts every index
+and was twice as slow as ``grid_sample``'s); forward plus backward then takes 0.45 s against
+``grid_sample``'s 1.0 s on a Swin-T 512 encoder layer (batch 2, one CPU thread) and 37 vs 52 ms
+on the smoke-training shapes. ``"auto"`` (the default) gathers, except in training off the CPU,
+where ``grid_sample`` stays (its CUDA backward has not been measured against the gather's). In
+training the pixel coordinates are computed with ``grid_sample``'s own arithmetic, so that a
+location on an exact pixel centre (a kink of bilinear sampling, where the derivative is one-sided)
+lands on the same side of it in both paths.
 Under ``torch.export`` (the ONNX export) the module samples with ``"corners"``: four plain row
 gathers and weighted sums, with symbolic level sizes and no ``embedding_bag`` or ``GridSample``.
 ``MultiScaleDeformableAttention`` is the module with the official parameter names
@@ -17,7 +22,7 @@ gathers and weighted sums, with symbolic level sizes and no ``embedding_bag`` or
 Low precision: on the CPU, fp16/bf16 sampling locations and attention weights are computed in
 float32 (a bf16 pixel coordinate is off by up to half a pixel on a 167-pixel-wide level); the
 gather then reads the value table in its own dtype (half the bytes of float32; ``embedding_bag``
-accumulates in float32), while ``grid_sample`` and ``corners`` sample a float32 copy (half-precision
+accumulates in float32; in training its table is float32), while ``grid_sample`` and ``corners`` sample a float32 copy (half-precision
 ``grid_sample`` is slow or unsupported there) and cast back. On CUDA they are sampled natively. Under
 autocast the module runs like any other: linear layers in the autocast dtype, sampling as above.
 """
@@ -29,6 +34,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gdino.ops.deformable_gather import gather_sample, level_sizes, on_device
 
 
 def multi_scale_deformable_sample(
@@ -51,11 +58,14 @@ def multi_scale_deformable_sample(
     """
     method = _resolve(method, value, sampling_locations, attention_weights)
     if method == "gather":
-        size = _level_sizes(spatial_shapes, sampling_locations)
-        pixels = sampling_locations * size[:, None] - 0.5  # grid_sample's align_corners=False convention
-        return _gather_pixels(value, spatial_shapes, pixels, attention_weights)
+        if _recording(value, sampling_locations, attention_weights):
+            pixels = _grid_sample_pixels(sampling_locations, spatial_shapes)
+        else:
+            size = level_sizes(spatial_shapes, sampling_locations)
+            pixels = sampling_locations * size[:, None] - 0.5  # grid_sample's align_corners=False convention
+        return gather_sample(value, spatial_shapes, pixels, attention_weights)
     if method == "corners":
-        pixels = sampling_locations * _level_sizes(spatial_shapes, sampling_locations)[:, None] - 0.5
+        pixels = sampling_locations * level_sizes(spatial_shapes, sampling_locations)[:, None] - 0.5
         return _gather_corners(value, spatial_shapes, pixels, attention_weights)
     b, _, heads, c = value.shape
     _, q, _, levels, points, _ = sampling_locations.shape
@@ -73,119 +83,34 @@ def multi_scale_deformable_sample(
     return out.view(b, heads * c, q).transpose(1, 2).contiguous()
 
 
+def _recording(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _grid_sample_pixels(locations: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
+    """Pixel coordinates of normalized locations in ``grid_sample``'s own float arithmetic (its CPU
+    kernel: ``grid = 2 * loc - 1``, then ``(grid + 1) * size / 2 - 0.5``). Used when a gradient is
+    recorded: a location on an exact pixel centre, where bilinear sampling has a kink (at
+    initialization every encoder sample is one: pixel-centre references plus integer offsets),
+    then falls on the same side of it as in ``grid_sample`` and gets the same one-sided derivative."""
+    half = level_sizes(shapes, locations)[:, None] / 2
+    return (2 * locations - 1 + 1) * half - 0.5
+
+
 def _resolve(method: str, *tensors: Tensor) -> str:
-    """``"auto"`` -> ``"grid_sample"`` when a gradient is recorded, else ``"gather"`` (module docstring)."""
+    """``"auto"`` -> ``"gather"``, except ``"grid_sample"`` for a recorded gradient off the CPU
+    (module docstring)."""
     if method == "auto":
-        recording = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        return "grid_sample" if recording else "gather"
+        return "grid_sample" if _recording(*tensors) and tensors[0].device.type != "cpu" else "gather"
     if method not in ("gather", "grid_sample", "corners"):
         raise ValueError(f"unknown deformable sampling method {method!r} (auto, gather, grid_sample, corners)")
     return method
 
 
-def _level_sizes(shapes: list[tuple[int, int]], like: Tensor) -> Tensor:
-    """``[levels, 2]`` (w, h) of every level, in ``like``'s dtype and device.
-
-    Small constants are built on the host and copied with ``non_blocking``: a blocking host-to-GPU
-    copy would make the host wait for every kernel queued before it (one stall per layer)."""
-    return _on(torch.tensor([[w, h] for h, w in shapes], dtype=like.dtype), like.device)
-
-
-def _on(host: Tensor, device: torch.device) -> Tensor:
-    """``host`` on ``device`` without waiting for the device (see :func:`_level_sizes`)."""
-    return host if device.type == "cpu" else host.to(device, non_blocking=True)
-
-
-_PAD = 2  # zero border around every level: all four corners of any clamped location are in range
-#: Bags (batch x query x head) per chunk of the gather on the CPU: its index and weight tensors
-#: (bags x 64 x 4 bytes each) stay in cache and are recycled by the allocator instead of
-#: page-faulted afresh. Other devices gather in one pass.
-_CHUNK_BAGS = 16384
-
-
-def _gather_pixels(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor, weights: Tensor) -> Tensor:
-    """Bilinear corners as rows of a zero-bordered value table, summed by ``embedding_bag``.
-
-    ``pixels``: ``[B, Q, heads, levels, points, 2]`` (x, y) in pixels of each level, pixel centres
-    at ``i + 0.5 - 0.5 = i``; it is overwritten (clamped, then turned into the bilinear fractions)
-    when no gradient is recorded. The table keeps the value's own layout, rows ``(batch, padded
-    position, head)``, and the bags are ``(batch, query, head)``: neither the inputs nor the output
-    need a permuting copy, and the table is filled with one strided copy per level. Pixels are
-    clamped to [-1.5, size + 0.5]: every point the kernel would skip (all corners outside) then
-    reads only border zeros, so no per-corner validity test is needed.
-    """
-    b, _, heads, c = value.shape
-    _, q, _, levels, points, _ = pixels.shape
-    device = value.device
-    lp = levels * points
-    padded = [(h + 2 * _PAD) * (w + 2 * _PAD) for h, w in shapes]
-    starts = [sum(padded[:lvl]) for lvl in range(levels)]
-    total = sum(padded)
-    table = value.new_empty(b, total, heads, c)
-    for lvl, part in enumerate(value.split([h * w for h, w in shapes], dim=1)):
-        h, w = shapes[lvl]
-        level = table[:, starts[lvl] : starts[lvl] + padded[lvl]].view(b, h + 2 * _PAD, w + 2 * _PAD, heads, c)
-        level[:, :_PAD] = 0  # only the border is zeroed: the interior is overwritten next
-        level[:, _PAD + h :] = 0
-        level[:, _PAD : _PAD + h, :_PAD] = 0
-        level[:, _PAD : _PAD + h, _PAD + w :] = 0
-        level[:, _PAD : _PAD + h, _PAD : _PAD + w] = part.view(b, h, w, heads, c)
-    table = table.view(b * total * heads, c)
-
-    # per (level, point) constants, as vectors over a bag's level * point samples
-    level = torch.arange(levels, device=device).repeat_interleave(points)
-    size = _level_sizes(shapes, pixels)[level]  # [lp, 2]
-    width = _on(torch.tensor([w + 2 * _PAD for _, w in shapes], dtype=torch.int32), device)[level]
-    first = _on(torch.tensor(starts, dtype=torch.int32), device)[level]
-    # table row of a bag's top-left corners, less the position term: (batch * total + start) * heads + head
-    const = (torch.arange(b, device=device, dtype=torch.int32) * total).view(b, 1, 1) + first
-    const = (const * heads + torch.arange(heads, device=device, dtype=torch.int32).view(1, heads, 1))[:, None]
-    # from the top-left corner to the four corners, the outer axis of each bag's index: [4, lp]
-    steps = torch.stack([torch.zeros_like(width), torch.full_like(width, heads), width * heads, (width + 1) * heads])
-    low, high = torch.full_like(size, -1.5), size + 0.5
-    inplace = not (torch.is_grad_enabled() and (pixels.requires_grad or weights.requires_grad))
-
-    out = value.new_empty(b, q, heads * c)
-    # chunks keep the CPU's caches warm; on a GPU one pass is fastest (each chunk is a dozen launches)
-    chunk = max(1, _CHUNK_BAGS // (b * heads)) if device.type == "cpu" else q
-    for q0 in range(0, q, chunk):
-        q1 = min(q, q0 + chunk)
-        nq = b * (q1 - q0) * heads
-        xy = pixels[:, q0:q1].reshape(nq, lp, 2)
-        xy = xy.nan_to_num_(nan=-1.5) if inplace else xy.nan_to_num(nan=-1.5)
-        xy = xy.clamp_(min=low, max=high) if inplace else xy.clamp(min=low, max=high)
-        # shifted by the border every coordinate is > 0, so truncation is floor
-        xy = xy.add_(_PAD) if inplace else xy + _PAD
-        corner = xy.to(torch.int32)
-        frac = xy.sub_(corner) if inplace else xy - corner
-        # every elementwise result below is written contiguously (strided outputs are several
-        # times slower on the CPU): the top-left rows, then one broadcast add to the four corners
-        top_left = corner[..., 1] * (width * heads)
-        top_left.add_(corner[..., 0], alpha=heads)
-        top_left = top_left.view(b, -1, heads, lp).add_(const).view(nq, 1, lp)
-        index = top_left + steps  # [bags, 4, lp]
-        fx, fy = frac.unbind(-1)
-        wq = weights[:, q0:q1].reshape(nq, lp)
-        bottom = fy * wq
-        rows = torch.stack([wq - bottom, bottom], 1)  # [bags, 2 (top, bottom), lp]
-        cols = torch.stack([1 - fx, fx], 1)  # [bags, 2 (left, right), lp]
-        # the four products in the corners' order, cast to the table's dtype as they are written
-        if inplace:
-            weight = torch.empty(nq, 2, 2, lp, device=device, dtype=table.dtype)
-            torch.mul(rows[:, :, None], cols[:, None], out=weight)
-        else:  # out= does not record gradients
-            weight = (rows[:, :, None] * cols[:, None]).to(table.dtype)
-        sampled = F.embedding_bag(index.view(nq, 4 * lp), table, per_sample_weights=weight.view(nq, 4 * lp), mode="sum")
-        if q0 == 0 and q1 == q:
-            return sampled.view(b, q, heads * c)
-        out[:, q0:q1] = sampled.view(b, q1 - q0, heads * c)
-    return out
-
-
 def _gather_corners(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor, weights: Tensor) -> Tensor:
     """The bilinear sampling as plain tensor operations, for export (ONNX ``Gather`` + ``ReduceSum``).
 
-    Same inputs and result as :func:`_gather_pixels` (``pixels`` are not modified): for each of the
+    Same inputs and result as :func:`gather_pixels` (``pixels`` are not modified): for each of the
     four corners, one row gather from the ``[B*S*heads, C]`` value table (rows clamped into their
     level) weighted by attention x bilinear weight x in-range, summed over the level x point samples.
     Level sizes may be symbolic: nothing loops over a data-dependent count.
@@ -195,12 +120,12 @@ def _gather_corners(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor
     device = value.device
     lp = levels * points
     level = torch.arange(levels, device=device).repeat_interleave(points)
-    size = _level_sizes(shapes, pixels)[level]  # [lp, 2] (w, h) as floats
+    size = level_sizes(shapes, pixels)[level]  # [lp, 2] (w, h) as floats
     starts = [0]
     for h, wd in shapes[:-1]:
         starts.append(starts[-1] + h * wd)
-    first = _on(torch.tensor(starts, dtype=torch.long), device)[level]  # [lp]
-    width = _on(torch.tensor([w for _, w in shapes], dtype=torch.long), device)[level]
+    first = on_device(torch.tensor(starts, dtype=torch.long), device)[level]  # [lp]
+    width = on_device(torch.tensor([w for _, w in shapes], dtype=torch.long), device)[level]
     # rows of (batch, head) in the table: (batch * S + position) * heads + head
     base = (torch.arange(b, device=device) * s).view(b, 1, 1, 1)
     head = torch.arange(heads, device=device).view(1, 1, heads, 1)
@@ -305,30 +230,37 @@ class MultiScaleDeformableAttention(nn.Module):
         if method != "gather":  # the gather reads a low-precision table directly; the others sample in float32
             value = value.to(compute_dtype)
         if method == "corners":  # tensors only, ONNX-exportable: no embedding_bag, no grid_sample
-            size = _level_sizes(shapes, offsets)[:, None]  # [levels, 1, 2]
+            size = level_sizes(shapes, offsets)[:, None]  # [levels, 1, 2]
             if ref.shape[-1] == 4:
                 offsets = offsets * (ref[..., 2:] * size * (0.5 / points))
             out = _gather_corners(value, shapes, offsets + (ref[..., :2] * size - 0.5), weights)
-        elif method == "gather":
+        elif method == "gather" and not _recording(value, offsets, weights, ref):
             # straight to pixel coordinates, the official normalized locations times the level size
             # minus 0.5, in place on the fresh offsets: one pass over the largest tensor here
             # (the per-query terms are expanded over the points first: a broadcast over the heads
             # with contiguous inner runs is ~10x faster than one with runs of 2)
-            size = _level_sizes(shapes, offsets)[:, None]  # [levels, 1, 2]
+            size = level_sizes(shapes, offsets)[:, None]  # [levels, 1, 2]
             full = (b, q, 1, levels, points, 2)
             shift = (ref[..., :2] * size - 0.5).expand(full).contiguous()
-            inplace = not (torch.is_grad_enabled() and offsets.requires_grad)
             if ref.shape[-1] == 4:
-                scale = (ref[..., 2:] * size * (0.5 / points)).expand(full).contiguous()
-                offsets = offsets.mul_(scale) if inplace else offsets * scale
-            pixels = offsets.add_(shift) if inplace else offsets + shift
-            out = _gather_pixels(value, shapes, pixels, weights)
-        else:
+                offsets = offsets.mul_((ref[..., 2:] * size * (0.5 / points)).expand(full).contiguous())
+            out = gather_sample(value, shapes, offsets.add_(shift), weights)
+        else:  # training: the official normalized locations (gather: with grid_sample's arithmetic)
+            # the same operations as ``ref + offsets / size`` (or ``ref[..., :2] + offsets / points *
+            # ref[..., 2:] * 0.5``) with every broadcast operand expanded over the points first: a
+            # broadcast with contiguous inner runs of levels x points x 2 is several times faster
+            # than one with runs of 2, and the values are the same bit for bit
+            full = (b, q, 1, levels, points, 2)
+            size = level_sizes(shapes, offsets)[:, None].expand(levels, points, 2).contiguous()
             if ref.shape[-1] == 2:
-                locations = ref + offsets / _level_sizes(shapes, offsets)[:, None]
+                locations = ref.expand(full).contiguous() + offsets / size
             else:
-                locations = ref[..., :2] + offsets / points * ref[..., 2:] * 0.5
-            out = multi_scale_deformable_sample(value, shapes, locations, weights, "grid_sample")
+                scale = ref[..., 2:].expand(full).contiguous()
+                locations = ref[..., :2].expand(full).contiguous() + offsets / points * scale * 0.5
+            if method == "gather":
+                out = gather_sample(value, shapes, (2 * locations - 1 + 1) * (size / 2) - 0.5, weights)
+            else:
+                out = multi_scale_deformable_sample(value, shapes, locations, weights, "grid_sample")
         return self.output_proj(out.to(value_dtype))
 
 
