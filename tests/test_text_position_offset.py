@@ -96,3 +96,16 @@ def _bert_mask(masks: torch.Tensor) -> torch.Tensor:
     import transformers
 
     return masks if int(transformers.__version__.split(".")[0]) < 5 else masks[:, None]
+
+
+def test_hf_layout_refuses_shifted_positions():
+    """transformers' Grounding DINO has no such field: writing its config is an error, not a silent
+    model that encodes text differently."""
+    from gdino.errors import CheckpointError
+    from gdino.weights.hf_config import config_to_hf
+
+    cfg = get_preset("tiny")
+    assert config_to_hf(cfg)["text_config"]["max_position_embeddings"] == cfg.text.max_position_embeddings
+    shifted = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, position_offset=1))
+    with pytest.raises(CheckpointError, match="position_offset=1"):
+        config_to_hf(shifted)
