@@ -52,6 +52,11 @@ class TextEncoderConfig:
     hidden_act: str = "gelu"
     pad_token_id: int = 0
     with_pooler: bool = True
+    #: added to every token's BERT position id. 0 is the original: each phrase restarts at position
+    #: 0, the [CLS] slot. A frozen sentence-embedding encoder (MiniLM) maps its position-0 token to
+    #: nearly the same vector whatever the word (cosine 0.998 between "red" and "green" opening
+    #: "red circle" / "green circle"), so the first word of every phrase is lost; 1 keeps it.
+    position_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,9 @@ SWIN_L = SwinConfig(
 )
 TINY_SWIN = SwinConfig(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=7)
 TINY_TEXT = TextEncoderConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-MINILM_TEXT = TextEncoderConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+MINILM_TEXT = TextEncoderConfig(
+    hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, position_offset=1
+)
 
 #: MM-Grounding-DINO's head variant (mmdetection ``contrastive_cfg=dict(log_scale="auto", bias=True)``,
 #: ``share_pred_layer=False``); its BERT has no pooler (``add_pooling_layer=False``)

@@ -134,8 +134,11 @@ class GroundingDINO(nn.Module):
         return tokenize(self.tokenizer, list(captions), self.config.max_text_len).to(self.device)
 
     def encode_text(self, text: TokenizedText) -> TextFeatures:
-        """BERT with sub-sentence masks, then the text projection ``feat_map``."""
-        hidden = run_bert(self.bert, text.input_ids, text.token_type_ids, text.position_ids, text.self_attention_masks)
+        """BERT with sub-sentence masks, then the text projection ``feat_map``; BERT's position ids are
+        shifted by ``config.text.position_offset`` (the encoder's text positions are not)."""
+        offset = self.config.text.position_offset
+        positions = text.position_ids + offset if offset else text.position_ids
+        hidden = run_bert(self.bert, text.input_ids, text.token_type_ids, positions, text.self_attention_masks)
         return TextFeatures(
             features=self.feat_map(hidden),
             token_mask=text.attention_mask.bool(),

@@ -100,6 +100,9 @@ def build_model(cfg: ModelSection) -> GroundingDINO:
         model = build(preset, tokenizer)
     if cfg.num_queries > 0:
         set_num_queries(model, cfg.num_queries)
+    if cfg.text_position_offset >= 0:
+        text = replace(model.config.text, position_offset=cfg.text_position_offset)
+        model.config = replace(model.config, text=text)
     if cfg.text_weights:
         n = load_text_weights(model.bert, cfg.text_weights)
         logger.info("text encoder: %d tensors from %s", n, cfg.text_weights)

@@ -23,7 +23,8 @@ class ModelSection:
     folder, loaded into ``model.bert`` when the shapes fit. ``tokenizer``: a vocab folder (default:
     the checkpoint's, else the MiniLM package's bert-base-uncased vocab). ``num_queries``: matching
     queries of the decoder (0: the preset's or the checkpoint's; fewer than a checkpoint has keeps
-    its first query embeddings).
+    its first query embeddings). ``text_position_offset``: added to the text encoder's position ids
+    (-1: the preset's or the checkpoint's; ``TextEncoderConfig.position_offset``).
     """
 
     preset: str = "swin-t"
@@ -34,6 +35,11 @@ class ModelSection:
     freeze_text: bool = False
     gradient_checkpointing: bool = False
     num_queries: int = 0
+    text_position_offset: int = -1
+
+    def __post_init__(self) -> None:
+        if self.text_position_offset < -1:
+            raise ConfigError(f"model.text_position_offset: {self.text_position_offset} (-1 = the preset's, or >= 0)")
 
 
 @dataclass(frozen=True)

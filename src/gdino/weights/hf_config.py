@@ -140,7 +140,7 @@ def config_to_hf(cfg: GroundingDINOConfig) -> dict[str, Any]:
 
     Raises:
         CheckpointError: class heads transformers has no model for (a learned scale, a bias
-            without the sqrt scale, calibrated logits).
+            without the sqrt scale, calibrated logits) or shifted BERT positions.
     """
     bb, tx = cfg.backbone, cfg.text
     mm = cfg.contrastive_bias
@@ -149,6 +149,11 @@ def config_to_hf(cfg: GroundingDINOConfig) -> dict[str, Any]:
             f"{cfg.name}: class heads with contrastive_scale={cfg.contrastive_scale!r}, "
             f"contrastive_bias={cfg.contrastive_bias}, calibrated_logits={cfg.calibrated_logits} have no "
             "Hugging Face model (only the original and MM-Grounding-DINO's); save as gdino .safetensors"
+        )
+    if tx.position_offset:
+        raise CheckpointError(
+            f"{cfg.name}: text.position_offset={tx.position_offset} (shifted BERT positions) has no Hugging Face "
+            "model; save as gdino .safetensors"
         )
     if not mm and not cfg.share_class_head:
         raise CheckpointError(
