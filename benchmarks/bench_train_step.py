@@ -290,8 +290,10 @@ class HFStep:
         from gdino.weights.hf_config import config_to_hf
 
         # transformers has no calibrated logits (a scale and a bias on the class logits, the
-        # smoke preset's): its model gets the plain dot product, the same shapes and cost otherwise
-        data = config_to_hf(replace(get_preset(preset), calibrated_logits=False))
+        # smoke preset's) nor shifted text positions: its model gets the plain dot product and the
+        # original positions, the same shapes and cost otherwise
+        gd = get_preset(preset)
+        data = config_to_hf(replace(gd, calibrated_logits=False, text=replace(gd.text, position_offset=0)))
         data.pop("gdino", None)
         data.pop("architectures", None)
         cfg = GroundingDinoConfig.from_dict({**data, "auxiliary_loss": True})
