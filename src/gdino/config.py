@@ -3,7 +3,7 @@
 Every field is read by the model builder; checkpoints carry their config (``to_dict``/``from_dict``).
 Presets: ``swin-t`` (groundingdino_swint_ogc), ``swin-b`` (groundingdino_swinb_cogcoor), ``tiny`` and
 ``tiny-b`` (fast random-init test models), ``small-minilm`` (a Swin-T-shaped detector with the 6-layer
-MiniLM text encoder, for small trained models), and the MM-Grounding-DINO / LLMDet architectures
+MiniLM text encoder and phrase positions from 1, for small trained models), and the MM-Grounding-DINO / LLMDet architectures
 ``mm-grounding-dino-{tiny,base,large}`` and ``llmdet-{tiny,base,large}`` (Swin-T/B/L; the same
 detector with scaled, biased class heads and per-layer class and box heads), plus ``tiny-mm`` (the
 ``tiny`` test model with that head variant).
