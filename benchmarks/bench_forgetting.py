@@ -105,18 +105,18 @@ def make_data(out: Path, seed: int, n_pre: int, n_ft: int, n_val: int) -> dict[s
     ):
         data = json.loads(path.read_text())
         for group, is_old in keep_sets.items():
-            cats = [c for c in data["categories"] if (c["id"] in old) == is_old]
-            ids = {c["id"] for c in cats}
-            subset = {
-                **data,
-                "categories": cats,
-                "annotations": [a for a in data["annotations"] if a["category_id"] in ids],
-            }
             target = ft / f"{split}_{group}.json"
-            target.write_text(json.dumps(subset))
+            target.write_text(json.dumps(class_subset(data, old, is_old)))
             files[f"{split}_{group}"] = str(target)
     files["old_names"] = json.dumps([n for i, n in enumerate(names) if i + 1 in old])
     return files
+
+
+def class_subset(data: dict, old: set[int], is_old: bool) -> dict:
+    """The COCO ``data`` with only the old (``is_old``) or only the new categories and their boxes."""
+    cats = [c for c in data["categories"] if (c["id"] in old) == is_old]
+    ids = {c["id"] for c in cats}
+    return {**data, "categories": cats, "annotations": [a for a in data["annotations"] if a["category_id"] in ids]}
 
 
 def run(cfg, label: str) -> tuple[object, float]:

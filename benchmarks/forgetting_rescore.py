@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forgetting import NEW_COLORS, OLD_COLORS, score  # noqa: E402  (a script beside this one)
+from bench_forgetting import NEW_COLORS, OLD_COLORS, class_subset, score  # noqa: E402  (a script beside this one)
 
 
 def heldout(out: Path, n: int, seed: int) -> dict[str, str]:
@@ -44,15 +44,8 @@ def heldout(out: Path, n: int, seed: int) -> dict[str, str]:
     old = {i + 1 for i, name in enumerate(class_names(cfg)) if name.split()[0] in OLD_COLORS}
     files = {"images_ft": str(out)}
     for group, is_old in (("old", True), ("new", False)):
-        cats = [c for c in data["categories"] if (c["id"] in old) == is_old]
-        ids = {c["id"] for c in cats}
-        subset = {
-            **data,
-            "categories": cats,
-            "annotations": [a for a in data["annotations"] if a["category_id"] in ids],
-        }
         path = out / f"val_{group}.json"
-        path.write_text(json.dumps(subset))
+        path.write_text(json.dumps(class_subset(data, old, is_old)))
         files[f"val_{group}"] = str(path)
     return files
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomize_
 
 from gdino.ops import deformable_gather
 from gdino.ops.deformable import MultiScaleDeformableAttention, _resolve, multi_scale_deformable_sample
@@ -141,10 +142,7 @@ def test_module_training_gradients_equal_grid_sample_path():
     """The module's training step through the gather (pixel coordinates from offsets and 4-d
     references) gives the parameters the gradients of the official grid_sample path."""
     torch.manual_seed(10)
-    attn = MultiScaleDeformableAttention(16, n_levels=4, n_heads=2, n_points=2).double()
-    with torch.no_grad():
-        for p in attn.parameters():
-            p.normal_(0, 0.3)
+    attn = randomize_(MultiScaleDeformableAttention(16, n_levels=4, n_heads=2, n_points=2).double(), seed=10)
     s = sum(h * w for h, w in SHAPES)
     query, value = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, s, 16, dtype=torch.float64)
     ref_pts = (torch.rand(2, 5, 4, 4, dtype=torch.float64) * 0.6 + 0.2).requires_grad_()
