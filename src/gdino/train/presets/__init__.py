@@ -50,7 +50,8 @@ def small_data() -> TrainConfig:
 
 
 def smoke() -> TrainConfig:
-    # 20 epochs of 100 steps, cosine to 1% of lr 1e-3: 18.4 minutes and held-out AP50 0.78 on a
+    # 20 epochs of 100 steps, cosine to 1% of lr 1e-3: 18.4 minutes and held-out AP50 0.78 (0.97 with the
+    # text positions from 1, 15 CPU-minutes at one thread) on a
     # 2-core CPU (benchmarks/bench_smoke_train.py; a constant lr reached AP50 0.36 in 20 minutes)
     return TrainConfig(
         model=ModelSection(preset="small-minilm", text_weights="minilm", freeze_text=True),
