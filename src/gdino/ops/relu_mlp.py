@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-#: Rows per chunk of the hidden gradient on the CPU (1024 x 2048 floats: 8 MB, L2/L3-sized).
+#: Rows per chunk of the hidden gradient (1024 x 2048 floats: 8 MB, L2/L3-sized).
 CHUNK_ROWS = 1024
 
 
@@ -46,7 +46,7 @@ class ReluMLP(torch.autograd.Function):
             # hidden-sized tensor (89 MB at Swin-T 512), its masking and bias sum cache-resident;
             # the weight and bias gradients accumulate over the chunks
             rows, width = hidden.shape
-            chunk = max(1, min(rows, CHUNK_ROWS) if grad.device.type == "cpu" else rows)
+            chunk = max(1, min(rows, CHUNK_ROWS))  # relu_mlp sends only CPU tensors here
             buffer = grad.new_empty(chunk, width)
             grad_w1 = torch.zeros_like(w1) if need_w1 else None
             grad_b1 = grad.new_zeros(width) if need_b1 else None
