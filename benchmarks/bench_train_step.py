@@ -17,6 +17,10 @@ image branches overlap in the fusion layers, so these intervals may overlap), cl
 
     python benchmarks/bench_train_step.py --preset smoke --size 128 --batch 4
     python benchmarks/bench_train_step.py --preset swin-t --size 512 --batch 2 --repeats 3
+    python benchmarks/bench_train_step.py --preset swin-t --size 512 --batch 2 --amp bf16 --isolate
+
+``--amp bf16`` runs the forward and the loss of every implementation under the same autocast (the
+backward follows it), as ``gdino train`` does with ``optim.amp=bf16``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -167,7 +171,14 @@ def forward_parts(model: Any, clock: Clock) -> Callable[[], None]:
 # ----------------------------------------------------------------------------- gdino
 class GdinoStep:
     def __init__(
-        self, preset: str, tokenizer: Any, denoising: bool, dn_number: int, device: torch.device, freeze_text: bool
+        self,
+        preset: str,
+        tokenizer: Any,
+        denoising: bool,
+        dn_number: int,
+        device: torch.device,
+        freeze_text: bool,
+        amp: str = "none",
     ) -> None:
         from gdino.config import get_preset
         from gdino.model.grounding_dino import build_model
@@ -177,6 +188,7 @@ class GdinoStep:
         from gdino.train.sections import ModelSection, OptimSection
         from gdino.train.trainer import TrainForward
 
+        self.amp = amp
         torch.manual_seed(0)
         self.model = build_model(get_preset(preset), tokenizer).to(device).train()
         apply_freezing(self.model, ModelSection(freeze_text=freeze_text))
@@ -189,9 +201,9 @@ class GdinoStep:
 
     def __call__(self, batch: Any, clock: Clock | None = None) -> float:
         clock = clock or Clock(batch.pixel_values.device)
-        with clock.part("forward (all)"):
+        with clock.part("forward (all)"), autocast(batch.pixel_values.device, self.amp):
             output, meta, text_len = self.forward(batch.pixel_values, batch.pixel_mask, batch.captions, batch.targets)
-        with clock.part("criterion (all)"):
+        with clock.part("criterion (all)"), autocast(batch.pixel_values.device, self.amp):
             losses = self.criterion(output, batch.targets, meta, text_len=text_len)
         self.optimizer.zero_grad(set_to_none=True)
         with clock.part("backward (all)"):
@@ -269,6 +281,14 @@ LOSS_FUNCTIONS = (
 )
 
 
+def autocast(device: torch.device, amp: str) -> Any:
+    """Both implementations' forward and loss under the same autocast (``--amp``), as ``gdino
+    train`` runs them with ``optim.amp`` (gdino's losses and matching cast back to float32 inside)."""
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+
+
 def _time_method(obj: Any, name: str, label: str, clock: Clock) -> Callable[[], None]:
     original = getattr(obj, name)
 
@@ -282,7 +302,7 @@ def _time_method(obj: Any, name: str, label: str, clock: Clock) -> Callable[[], 
 
 # ----------------------------------------------------------------------------- transformers
 class HFStep:
-    def __init__(self, preset: str, tokenizer: Any, device: torch.device, freeze_text: bool) -> None:
+    def __init__(self, preset: str, tokenizer: Any, device: torch.device, freeze_text: bool, amp: str = "none") -> None:
         from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection
 
         from gdino.config import get_preset
@@ -294,6 +314,7 @@ class HFStep:
         # original positions, the same shapes and cost otherwise
         gd = get_preset(preset)
         data = config_to_hf(replace(gd, calibrated_logits=False, text=replace(gd.text, position_offset=0)))
+        self.amp = amp
         data.pop("gdino", None)
         data.pop("architectures", None)
         cfg = GroundingDinoConfig.from_dict({**data, "auxiliary_loss": True})
@@ -311,7 +332,7 @@ class HFStep:
         clock = clock or Clock(batch.pixel_values.device)
         b = len(batch)
         labels = [{"class_labels": t.labels, "boxes": t.boxes} for t in batch.targets]
-        with clock.part("forward + loss"):
+        with clock.part("forward + loss"), autocast(batch.pixel_values.device, self.amp):
             out = self.model(
                 pixel_values=batch.pixel_values,
                 pixel_mask=batch.pixel_mask.long(),
@@ -362,6 +383,8 @@ def isolated(args: argparse.Namespace) -> None:
             impl,
             "--device",
             args.device,
+            "--amp",
+            args.amp,
             "--out",
             out,
         ] + (["--keep-freed-memory"] if args.keep_freed_memory else [])
@@ -400,6 +423,12 @@ def main() -> None:
     parser.add_argument("--impl", default="gdino,gdino-dn,transformers")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--amp",
+        default="none",
+        choices=("none", "bf16", "fp16"),
+        help="autocast forward and loss of every implementation (as optim.amp in gdino train)",
+    )
+    parser.add_argument(
         "--isolate",
         action="store_true",
         help="each implementation in its own process, one after the other (for large models)",
@@ -435,9 +464,11 @@ def main() -> None:
     steps: dict[str, Any] = {}
     for impl in impls:
         if impl == "transformers":
-            steps[impl] = HFStep(model_preset, tokenizer, device, freeze_text)
+            steps[impl] = HFStep(model_preset, tokenizer, device, freeze_text, args.amp)
         else:
-            steps[impl] = GdinoStep(model_preset, tokenizer, impl == "gdino-dn", dn_number, device, freeze_text)
+            steps[impl] = GdinoStep(
+                model_preset, tokenizer, impl == "gdino-dn", dn_number, device, freeze_text, args.amp
+            )
     times: dict[str, list[float]] = {k: [] for k in steps}
     cpu: dict[str, list[float]] = {k: [] for k in steps}
     clocks: dict[str, Clock] = {k: Clock(device) for k in steps}
@@ -459,6 +490,7 @@ def main() -> None:
         "dn_number": dn_number,
         "freeze_text": freeze_text,
         "device": str(device),
+        "amp": args.amp,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
