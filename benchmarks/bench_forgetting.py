@@ -24,14 +24,14 @@ when it exists, so further calls with other ``--runs`` (``--keep-results`` merge
 OUT/result.json; ``--set KEY=VALUE`` overrides every run, ``--tag`` names such runs apart) cost only
 the fine-tuning.
 
-    python benchmarks/bench_forgetting.py --out /tmp/gdino-forget --pretrain-steps 1000 --finetune-steps 400 \
-        --finetune-lr 4e-4 --images 400 300 80 --runs plain,distill@2 --threads 1
+    python benchmarks/bench_forgetting.py --out /tmp/gdino-forget --pretrain-steps 1000 --finetune-steps 800 \
+        --finetune-lr 4e-4 --images 400 300 300 --runs plain,distill@1 --threads 1
 
 (the recommended setting of docs/finetune.md section 4, with the default
 ``loss.distill_annotated=ignore``; ``--set loss.distill_annotated=keep --tag=-keep`` measures the
 teacher's scores kept on annotated new objects, ``=zero --tag=-zero`` zeroed there; ``--set seed=1
 --tag=-seed1`` another fine-tuning seed: the tag is appended to the run's name, e.g.
-``distill@2.0-seed1``, and ``new_vs_plain`` in the JSON is always against the run named ``plain``).
+``distill@1.0-seed1``, and ``new_vs_plain`` in the JSON is always against the run named ``plain``).
 
 Prints one JSON line (also OUT/result.json).
 """
