@@ -350,6 +350,17 @@ class HFStep:
 
 
 # ----------------------------------------------------------------------------- main
+def paired_ratios(ours: list[float], reference: list[float]) -> dict[str, Any]:
+    """Median, min and max of ``ours[i] / reference[i]`` over the repeats (steps run back to back)."""
+    ratios = [a / b for a, b in zip(ours, reference)]
+    return {
+        "median": round(statistics.median(ratios), 3),
+        "min": round(min(ratios), 3),
+        "max": round(max(ratios), 3),
+        "each": [round(r, 3) for r in ratios],
+    }
+
+
 def isolated(args: argparse.Namespace) -> None:
     """Run every implementation in a subprocess of its own and merge the results."""
     import subprocess
@@ -504,9 +515,15 @@ def main() -> None:
             k: {p: round(s / max(1, args.repeats), 4) for p, s in c.sums.items()} for k, c in clocks.items()
         },
     }
+    result["steps_cpu_s"] = {k: [round(x, 3) for x in v] for k, v in cpu.items()}
     if "transformers" in times:
         ref = statistics.median(times["transformers"])
         result["ratio_vs_transformers"] = {k: round(statistics.median(v) / ref, 3) for k, v in times.items()}
+        # each repeat's steps ran minutes apart at most: the ratio of a pair cancels most of the
+        # drift of a shared machine's speed; the median over the pairs is the robust number
+        result["paired_cpu_ratio"] = {
+            k: paired_ratios(v, cpu["transformers"]) for k, v in cpu.items() if k != "transformers"
+        }
     for impl in ("gdino", "gdino-dn"):
         if impl in steps:
             result[f"breakdown_{impl}"] = steps[impl].breakdown(batch, device)

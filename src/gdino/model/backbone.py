@@ -167,9 +167,9 @@ class SwinBlock(nn.Module):
         if windows.padding.numel():
             parts.index_fill_(1, windows.padding, 0.0)
         parts = self.attn(parts.view(-1, ws * ws, c), mask if self.shift else None)
-        x = x + self.drop_path(parts.view(b, -1, c).index_select(1, windows.slot))
+        x = self.drop_path.add_to(x, parts.view(b, -1, c).index_select(1, windows.slot))
         if self.training:
-            return x + self.drop_path(self.mlp(self.norm2(x)))
+            return self.drop_path.add_to(x, self.mlp(self.norm2(x)))
         return residual_feed_forward(x, self.mlp.fc1, self.mlp.fc2, "gelu", pre_norm=self.norm2)
 
 

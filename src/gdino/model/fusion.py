@@ -8,6 +8,8 @@ through the +-50000 clamp. For a single image the two are identical.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -28,6 +30,39 @@ class DropPath(nn.Module):
         keep = 1.0 - self.p
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         return x * x.new_empty(shape).bernoulli_(keep) / keep
+
+    def add_to(self, x: Tensor, y: Tensor, gamma: Tensor | None = None) -> Tensor:
+        """``x + self(gamma * y)`` (``gamma`` a per-channel scale, or None for 1), bit for bit.
+
+        In training with ``p > 0`` the mask and ``1 / keep`` are one ``[B, 1, ...]`` divisor,
+        ``keep / mask`` (infinite for a dropped sample: ``y / inf`` is the 0 of ``y * 0``), applied
+        and added in one pass (:class:`ResidualDivide`) instead of three; the same values as the
+        three (``y * 1 / keep`` is ``y / keep``), forward and backward, from the same mask draws."""
+        if gamma is not None:
+            y = gamma * y
+        if not self.training or self.p == 0.0 or x.shape != y.shape:
+            return x + self(y)
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = y.new_empty(shape).bernoulli_(keep)
+        divisor = torch.full(shape, keep, dtype=torch.result_type(x, y), device=y.device).div_(mask)
+        return ResidualDivide.apply(x, y, divisor)
+
+
+class ResidualDivide(torch.autograd.Function):
+    """``x + y / divisor`` for same-shaped ``x``, ``y`` and a constant broadcast ``divisor``, in one
+    ``addcdiv``; its backward divides the gradient as ``(y * m) / keep``'s backward does (autograd's
+    ``addcdiv`` multiplies by ``1 / divisor`` instead, a rounding apart)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor, divisor: Tensor) -> Tensor:
+        ctx.save_for_backward(divisor)
+        return torch.addcdiv(x, y, divisor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        (divisor,) = ctx.saved_tensors
+        return grad, grad / divisor, None
 
 
 class BiMultiHeadAttention(nn.Module):
@@ -121,4 +156,4 @@ class BiAttentionBlock(nn.Module):
         v = self.layer_norm_v(v)
         l = self.layer_norm_l(l)
         dv, dl = self.attn(v, l, image_padding, text_padding)
-        return v + self.drop_path(self.gamma_v * dv), l + self.drop_path(self.gamma_l * dl)
+        return self.drop_path.add_to(v, dv, self.gamma_v), self.drop_path.add_to(l, dl, self.gamma_l)

@@ -8,10 +8,12 @@ corner, its bilinear fractions and its four corner weights (no copy of the gathe
 computes the backward itself (``embedding_bag``'s own backward sorts every index, which made the
 gather slower than ``grid_sample`` in training):
 
-- value: ``d value[row] += corner weight * d out[bag]`` for the four corners of every sample, one
-  ``scatter_add_`` per chunk into a ``[rows, 4 corners, C]`` buffer indexed by the top-left row
-  (a quarter of the indices of a per-corner scatter, rows four times as long), then each level's
-  four corner planes added with their one-pixel shifts;
+- value: ``d value[row] += corner weight * d out[bag]`` for the four corners of every sample,
+  computed as the transposed gather: per batch item the samples are sorted by their top-left
+  table row, and one ``embedding_bag`` per corner sums the bags' gradients into the rows (a row's
+  bag: the samples whose top-left corner it is); each level's four corner planes are then added
+  with their one-pixel shifts. (A ``scatter_add_`` of the ``[samples, 4, C]`` products did the
+  same in 1.5x the time: the sort is a fraction of the products it saves);
 - attention weights and pixel coordinates: ``D = dot(table row, d out[bag])`` for every corner
   (``embedding_bag``'s per-sample-weight backward kernel), then the bilinear derivatives:
   ``d a = sum(bilinear * D)``, ``d x = a * ((1 - fy)(D_tr - D_tl) + fy (D_br - D_bl))`` and
@@ -36,9 +38,9 @@ _PAD = 2  # zero border around every level: all four corners of any clamped loca
 #: (bags x 64 x 4 bytes each) stay in cache and are recycled by the allocator instead of
 #: page-faulted afresh. Other devices gather in one pass.
 _CHUNK_BAGS = 16384
-#: Elements per chunk of the backward on the CPU: its scatter's source, bags x samples x 4 corners
-#: x C, stays in the L2 cache (512 bags of 64 samples x 32 channels measured fastest).
-_BACKWARD_FLOATS = 1 << 20
+#: Elements per chunk of the backward's per-corner dot products on the CPU (bags x samples x 4
+#: corners x C; 4096 bags of 64 corners x 32 channels: flat from 2048 bags up, slower below).
+_BACKWARD_FLOATS = 1 << 23
 _LOW = (torch.float16, torch.bfloat16)
 
 
@@ -173,7 +175,9 @@ def _gather(
         weight = torch.empty(nq, 2, 2, lp, device=device, dtype=table.dtype)
         torch.mul(rows[:, :, None], cols[:, None], out=weight)
         if saved is not None:
-            saved.corners.view(b, q, heads, 4 * lp)[:, q0:q1] = weight.view(b, -1, heads, 4 * lp)
+            # corner-major, as the backward reads them: [4, bags, samples]
+            corner_major = weight.view(b, -1, heads, 4, lp).permute(3, 0, 1, 2, 4)
+            saved.corners.view(4, b, q, heads, lp)[:, :, q0:q1] = corner_major
         sampled = F.embedding_bag(index.view(nq, 4 * lp), table, per_sample_weights=weight.view(nq, 4 * lp), mode="sum")
         if q0 == 0 and q1 == q:
             return sampled.view(b, q, heads * c)
@@ -184,7 +188,8 @@ def _gather(
 class _Saved(NamedTuple):
     """What the backward keeps per (batch, query, head) bag: the top-left table row of every
     sample (int32 ``[bags, samples]``), its bilinear fractions (``[bags, 2 (x, y), samples]``) and
-    its four corner weights, attention included (``[bags, 4, samples]``, corners as in the index)."""
+    its four corner weights, attention included (corner-major, ``[4, bags, samples]``, corners in
+    the index's order)."""
 
     rows: Tensor
     frac: Tensor
@@ -204,7 +209,7 @@ class GatherSample(torch.autograd.Function):
         saved = _Saved(
             value.new_empty(bags, lp, dtype=torch.int32),
             pixels.new_empty(bags, 2, lp),
-            value.new_empty(bags, 4, lp),
+            value.new_empty(4, bags, lp),
         )
         table, starts, total = _table(value, shapes)
         out = _gather(table, starts, total, value.shape, shapes, pixels, weights, saved=saved)
@@ -226,23 +231,17 @@ class GatherSample(torch.autograd.Function):
         g = grad_out.reshape(bags, c).to(table.dtype)
         attn = weights.reshape(bags, lp)
         steps = _corner_steps(shapes, points, heads, device)
-        acc = table.new_zeros(table.shape[0], 4 * c) if need_value else None
         grad_frac = frac.new_empty(bags, lp, 2) if need_pixels else None
         grad_attn = attn.new_empty(bags, lp) if need_weights else None
         chunk = max(1, _BACKWARD_FLOATS // (4 * lp * c)) if device.type == "cpu" else bags
         offsets = torch.arange(0, chunk * 4 * lp, 4 * lp, dtype=torch.int32, device=device)
         bag_of = torch.arange(chunk, dtype=torch.int32, device=device).repeat_interleave(4 * lp)
-        contrib = table.new_empty(chunk, lp, 4, c)
-        for n0 in range(0, bags, chunk):
-            n1 = min(bags, n0 + chunk)
-            n = n1 - n0
-            gn = g[n0:n1]
-            if acc is not None:
-                # every sample's four corner weights times the bag's gradient, [n, samples, 4, C]
-                part = torch.mul(corners[n0:n1].transpose(1, 2)[..., None], gn.view(n, 1, 1, c), out=contrib[:n])
-                index = rows[n0:n1].view(n * lp, 1).long().expand(n * lp, 4 * c)
-                acc.scatter_add_(0, index, part.view(n * lp, 4 * c))
-            if grad_frac is not None or grad_attn is not None:
+        grad_value = _value_gradient(g, rows, corners, shapes, b, s, heads, c) if need_value else None
+        if grad_frac is not None or grad_attn is not None:
+            for n0 in range(0, bags, chunk):
+                n1 = min(bags, n0 + chunk)
+                n = n1 - n0
+                gn = g[n0:n1]
                 index = (rows[n0:n1].view(n, 1, lp) + steps).view(-1)  # [n, 4, lp]
                 dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
                     gn, table, index, offsets[:n], bag_of[: n * 4 * lp], 0, -1
@@ -259,27 +258,54 @@ class GatherSample(torch.autograd.Function):
                     right = torch.lerp(top_right, bottom_right, fy)
                     torch.mul(right.sub_(left), a, out=grad_frac[n0:n1, :, 0])
                     torch.mul(bottom.sub_(top), a, out=grad_frac[n0:n1, :, 1])
-        grad_value = _fold_corners(acc, shapes, b, s, heads, c) if acc is not None else None
         grad_pixels = grad_frac.view(b, -1, heads, len(shapes), points, 2) if grad_frac is not None else None
         grad_weights = grad_attn.view(weights.shape) if grad_attn is not None else None
         return grad_value, grad_pixels, grad_weights, None
 
 
-def _fold_corners(acc: Tensor, shapes: list[tuple[int, int]], b: int, s: int, heads: int, c: int) -> Tensor:
-    """The value gradient from the ``[table rows, 4 corners, C]`` buffer indexed by top-left rows:
-    a pixel gets its top-left plane, the top-right plane of its left neighbour, the bottom-left
-    plane of the pixel above and the bottom-right plane of the pixel above-left."""
+def _value_gradient(
+    g: Tensor, rows: Tensor, corners: Tensor, shapes: list[tuple[int, int]], b: int, s: int, heads: int, c: int
+) -> Tensor:
+    """``d value`` as the transposed gather: the samples of each batch item sorted by their
+    top-left table row, then one ``embedding_bag`` per corner over the bags' gradients (a table
+    row's bag: the samples whose top-left corner it is, weighted by that corner's weight), and each
+    level's four corner planes added with their one-pixel shifts (:func:`_fold_corners`).
+
+    The stable sort keeps every row's samples in sample order, the order ``scatter_add_`` would add
+    them in; the products and sums are ``embedding_bag``'s, fast sequential reads of the gradient
+    rows instead of a scatter of ``[samples, 4, C]`` products."""
+    bags, lp = rows.shape
+    padded = sum((h + 2 * _PAD) * (w + 2 * _PAD) for h, w in shapes)
+    item_rows, item_bags = padded * heads, bags // b
+    grad = g.new_empty(b, s, heads, c)
+    for item in range(b):
+        first = item * item_bags
+        keys = rows[first : first + item_bags].reshape(-1) - item * item_rows  # int32, this item's rows
+        keys, order = torch.sort(keys, stable=True)
+        # each row's first sorted sample (a binary search per row: no count, no device sync)
+        starts = torch.searchsorted(keys, torch.arange(item_rows, dtype=keys.dtype, device=keys.device))
+        bag = order // lp
+        # corner weights of the sorted samples, [4, samples] (corners is [4, bags, lp])
+        weights = corners[:, first : first + item_bags].reshape(4, -1).index_select(1, order)
+        table = g[first : first + item_bags]
+        planes = [F.embedding_bag(bag, table, starts, mode="sum", per_sample_weights=w) for w in weights]
+        _fold_corners(planes, shapes, grad[item], heads, c)
+    return grad
+
+
+def _fold_corners(planes: list[Tensor], shapes: list[tuple[int, int]], grad: Tensor, heads: int, c: int) -> None:
+    """One batch item's value gradient ``grad`` (``[S, heads, C]``, written) from its four corner
+    planes (``[table rows, C]`` each, indexed by top-left rows): a pixel gets its top-left plane,
+    the top-right plane of its left neighbour, the bottom-left plane of the pixel above and the
+    bottom-right plane of the pixel above-left."""
     padded = [(h + 2 * _PAD) * (w + 2 * _PAD) for h, w in shapes]
-    total = sum(padded)
-    planes = acc.view(b, total, heads, 4, c)
-    grad = acc.new_empty(b, s, heads, c)
+    views = [plane.view(sum(padded), heads, c) for plane in planes]
     start = 0
-    for (h, w), (part, p) in zip(shapes, zip(grad.split([h * w for h, w in shapes], dim=1), padded)):
-        level = planes[:, start : start + p].view(b, h + 2 * _PAD, w + 2 * _PAD, heads, 4, c)
+    for (h, w), (part, p) in zip(shapes, zip(grad.split([h * w for h, w in shapes], dim=0), padded)):
+        tl, tr, bl, br = (v[start : start + p].view(h + 2 * _PAD, w + 2 * _PAD, heads, c) for v in views)
         y, x = slice(_PAD, _PAD + h), slice(_PAD, _PAD + w)
         above, left = slice(_PAD - 1, _PAD - 1 + h), slice(_PAD - 1, _PAD - 1 + w)
-        out = part.view(b, h, w, heads, c)
-        torch.add(level[:, y, x, :, 0], level[:, y, left, :, 1], out=out)
-        out.add_(level[:, above, x, :, 2]).add_(level[:, above, left, :, 3])
+        out = part.view(h, w, heads, c)
+        torch.add(tl[y, x], tr[y, left], out=out)
+        out.add_(bl[above, x]).add_(br[above, left])
         start += p
-    return grad
