@@ -8,7 +8,9 @@ earlier commit's), the two interleaved in one process so that machine drift hits
 
 Locations: the reference point of each query (its own cell centre for the encoder, a random box
 centre for the decoder) plus offsets of about two pixels per level, as in a trained model; the
-attention weights random. Prints the CPU milliseconds of every repeat, sorted, and their median.
+attention weights random. The inputs are leaves, so every backward also adds its gradients into
+their ``.grad`` (one pass over the value's size, the same for both modules). Prints the CPU
+milliseconds of every repeat, sorted, and their median.
 """
 
 from __future__ import annotations
