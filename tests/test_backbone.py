@@ -7,7 +7,7 @@ import torch
 from conftest import randomize_
 
 from gdino.config import SwinConfig
-from gdino.model.backbone import SwinTransformer, relative_position_index, shift_region_mask
+from gdino.model.backbone import REGION_MASK_VALUE, SwinTransformer, relative_position_index, shift_region_mask
 
 CFG = SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7, drop_path_rate=0.0)
 
@@ -94,7 +94,31 @@ def test_relative_position_index_and_shift_mask():
     mask = shift_region_mask(14, 14, 7, 3, torch.device("cpu"))
     assert mask.shape == (4, 49, 49)
     assert (mask[0] == 0).all()  # the top-left window holds a single region
-    assert set(mask[3].unique().tolist()) == {0.0, -100.0}
+    assert set(mask[3].unique().tolist()) == {0.0, REGION_MASK_VALUE}
+
+
+def test_region_mask_gives_the_official_results_without_denormals(monkeypatch):
+    """The -1e4 region mask against the official -100: the same feature maps bit for bit, every
+    gradient equal but for differences below the smallest normal float (the -100 probabilities are
+    denormals, the region mask's exact zeros)."""
+    import gdino.model.backbone as backbone
+
+    x = torch.randn(2, 3, 150, 170, generator=torch.Generator().manual_seed(2))
+    results = {}
+    for value in (-100.0, REGION_MASK_VALUE):
+        monkeypatch.setattr(backbone, "REGION_MASK_VALUE", value)
+        model = randomize_(SwinTransformer(CFG), seed=4).train()
+        maps = model(x)
+        sum((m * torch.linspace(-1, 1, m.shape[-1])).sum() for m in maps).backward()
+        results[value] = ([m.detach() for m in maps], {n: p.grad for n, p in model.named_parameters()})
+        scores = torch.zeros(49) + shift_region_mask(14, 14, 7, 3, torch.device("cpu"))[3, 0]
+        probs = scores.softmax(-1)
+        tiny = (probs > 0) & (probs < torch.finfo(torch.float32).tiny)
+        assert tiny.any() == (value == -100.0)  # -100 leaves denormals, the region mask exact zeros
+    (official_maps, official_grads), (maps, grads) = results[-100.0], results[REGION_MASK_VALUE]
+    assert all(torch.equal(a, b) for a, b in zip(maps, official_maps))
+    for name, grad in grads.items():
+        assert (grad - official_grads[name]).abs().max() < torch.finfo(torch.float32).tiny, name
 
 
 def test_output_strides_and_odd_sizes():

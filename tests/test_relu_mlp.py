@@ -27,9 +27,10 @@ def _grads(fn, x, fc1, fc2):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("chunk_rows", [4, 21, 1024])
 def test_output_and_gradients_equal_autograd(monkeypatch, dtype, chunk_rows):
-    """The same operations as autograd's: equal outputs, and gradients up to float rounding (the
-    backward sums the first layer's over row chunks: 21 rows in chunks of 4, in one of 21, in one
-    partial chunk). 3-d input; some hidden units negative for every row, so the ReLU mask matters."""
+    """Outputs and gradients equal autograd's up to float rounding (the first layer's bias is added
+    inside its product; the backward sums the first layer's gradients over row chunks: 21 rows in
+    chunks of 4, in one of 21, in one partial chunk). 3-d input; some hidden units negative for
+    every row, so the ReLU mask matters."""
     monkeypatch.setattr(relu_mlp_module, "CHUNK_ROWS", chunk_rows)
     fc1, fc2 = _layers(dtype)
     with torch.no_grad():
@@ -38,10 +39,25 @@ def test_output_and_gradients_equal_autograd(monkeypatch, dtype, chunk_rows):
     out, grads = _grads(relu_mlp, x, fc1, fc2)
     ref_out, ref = _grads(lambda x, a, b: b(torch.relu(a(x))), x, fc1, fc2)
     assert out.shape == (3, 7, 12)
-    torch.testing.assert_close(out, ref_out, atol=0, rtol=0)
+    torch.testing.assert_close(out, ref_out, atol=1e-6 if dtype == torch.float32 else 1e-13, rtol=0)
     for got, want in zip(grads, ref):
         torch.testing.assert_close(got, want, atol=1e-6 if dtype == torch.float32 else 1e-13, rtol=0)
     assert (grads[1][:5] == 0).all() and (grads[2][:5] == 0).all()  # no gradient through dead units
+
+
+@pytest.mark.parametrize("width", [7, 8, 256])
+def test_bias_column_product_equals_linear(width):
+    """``x | 1 | 0...`` times ``W | b | 0...`` is ``F.linear(x, W, b)`` (float64 reference), padded
+    to a multiple of 8 columns with at least one more than the input."""
+    from gdino.ops.relu_mlp import _with_bias_column
+
+    gen = torch.Generator().manual_seed(width)
+    x, w, b = (torch.randn(*shape, generator=gen) for shape in ((300, width), (64, width), (64,)))
+    w /= width**0.5  # outputs of order one, as a layer's
+    x_aug, w_aug = _with_bias_column(x, w, b)
+    assert x_aug.shape[1] % 8 == 0 and x_aug.shape[1] > width and w_aug.shape == (x_aug.shape[1], 64)
+    want = torch.nn.functional.linear(x.double(), w.double(), b.double())
+    torch.testing.assert_close(torch.mm(x_aug, w_aug).double(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_gradcheck():

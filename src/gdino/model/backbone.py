@@ -2,7 +2,8 @@
 
 Images of any size: the patch embedding pads right/bottom to a multiple of the patch size, every
 block pads to a multiple of the window size (padded tokens are not masked, as the official), the
-shifted blocks use the -100 region mask, patch merging pads odd sizes. Parameter names follow the
+shifted blocks keep each window to its regions with an additive mask (:data:`REGION_MASK_VALUE`, not the
+official -100; the same results, see there), patch merging pads odd sizes. Parameter names follow the
 official checkpoint (``backbone.0.*`` there, ``backbone.*`` in gdino). Window attention runs through
 ``scaled_dot_product_attention`` with the relative position bias (and shift mask) as additive mask.
 """
@@ -37,8 +38,18 @@ def window_partition(x: Tensor, ws: int) -> Tensor:
     return x.reshape(-1, ws * ws, c)
 
 
+#: Additive attention mask between regions of a shifted window. The official code adds -100, and
+#: ``exp(-100)`` (3.7e-44) is a denormal float: every masked probability of a shifted window (5-19%
+#: of them in Swin-T at 512 px) and its gradient then sent the attention products down the CPU's
+#: slow path for denormal operands (one such product 16x slower; a Swin-T forward + backward at
+#: 512 px 16% slower). With -1e4 the masked probabilities are exactly zero. The sums do not change:
+#: a -100 entry adds under 1e-43 to a softmax denominator of at least 1 and to products of normal
+#: floats, far below their rounding (tests/test_backbone.py compares both masks).
+REGION_MASK_VALUE = -1e4
+
+
 def shift_region_mask(hp: int, wp: int, ws: int, shift: int, device: torch.device) -> Tensor:
-    """``[nW, ws*ws, ws*ws]`` additive mask (0 or -100) keeping shifted windows to their regions."""
+    """``[nW, ws*ws, ws*ws]`` additive mask (0 or :data:`REGION_MASK_VALUE`) keeping shifted windows to their regions."""
     img = torch.zeros((hp, wp), device=device)
     region = 0
     for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
@@ -48,7 +59,7 @@ def shift_region_mask(hp: int, wp: int, ws: int, shift: int, device: torch.devic
     nh, nw = hp // ws, wp // ws  # window_partition with every size written out (export-friendly)
     windows = img.view(nh, ws, nw, ws).permute(0, 2, 1, 3).reshape(nh * nw, ws * ws)
     diff = windows[:, None, :] - windows[:, :, None]
-    return torch.where(diff != 0, -100.0, 0.0)
+    return torch.where(diff != 0, REGION_MASK_VALUE, 0.0)
 
 
 class WindowIndex(NamedTuple):
@@ -101,13 +112,19 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(n, n, heads).permute(2, 0, 1).to(q.dtype)  # [heads, N, N]
-        if mask is None:
-            attn_mask = bias[None].expand(bw, -1, -1, -1)
+        full = bias[None] if mask is None else bias[None] + mask[:, None].to(q.dtype)  # [nW or 1, heads, N, N]
+        if torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_exporting():
+            # training on the CPU: the bias needs a gradient, so scaled_dot_product_attention would
+            # run its math fallback, which scales q and k separately, materializes the expanded
+            # mask and checks every row for -inf; written out (the official order: q * scale,
+            # q @ k^T, + bias and mask, softmax, @ v) a Swin-T step's window attention is 10-20%
+            # cheaper. Windows of one image are consecutive: [B, nW, heads, N, N] + [nW, heads, N, N].
+            scores = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
+            scores = (scores.view(-1, full.shape[0], heads, n, n) + full).view(bw, heads, n, n)
+            out = scores.softmax(-1) @ v
         else:
-            nw = mask.shape[0]
-            full = bias[None] + mask[:, None].to(q.dtype)  # [nW, heads, N, N]
-            attn_mask = full[None].expand(bw // nw, -1, -1, -1, -1).reshape(bw, heads, n, n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            attn_mask = full[None].expand(bw // full.shape[0], -1, -1, -1, -1).reshape(bw, heads, n, n)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gdino.ops.deformable_gather import gather_sample, level_sizes, on_device
+from gdino.ops.sampling_pixels import training_locations, training_pixels
 
 
 def multi_scale_deformable_sample(
@@ -246,20 +247,11 @@ class MultiScaleDeformableAttention(nn.Module):
                 offsets = offsets.mul_((ref[..., 2:] * size * (0.5 / points)).expand(full).contiguous())
             out = gather_sample(value, shapes, offsets.add_(shift), weights)
         else:  # training: the official normalized locations (gather: with grid_sample's arithmetic)
-            # the same operations as ``ref + offsets / size`` (or ``ref[..., :2] + offsets / points *
-            # ref[..., 2:] * 0.5``) with every broadcast operand expanded over the points first: a
-            # broadcast with contiguous inner runs of levels x points x 2 is several times faster
-            # than one with runs of 2, and the values are the same bit for bit
-            full = (b, q, 1, levels, points, 2)
             size = level_sizes(shapes, offsets)[:, None].expand(levels, points, 2).contiguous()
-            if ref.shape[-1] == 2:
-                locations = ref.expand(full).contiguous() + offsets / size
-            else:
-                scale = ref[..., 2:].expand(full).contiguous()
-                locations = ref[..., :2].expand(full).contiguous() + offsets / points * scale * 0.5
             if method == "gather":
-                out = gather_sample(value, shapes, (2 * locations - 1 + 1) * (size / 2) - 0.5, weights)
+                out = gather_sample(value, shapes, training_pixels(offsets, ref, size, points), weights)
             else:
+                locations = training_locations(offsets, ref, size, points)
                 out = multi_scale_deformable_sample(value, shapes, locations, weights, "grid_sample")
         return self.output_proj(out.to(value_dtype))
 
