@@ -162,3 +162,27 @@ def test_window_index_equals_official_pad_roll_partition(h, w, shift):
     assert torch.equal(got.view(-1, ws * ws, c), want)
     back = got.index_select(1, index.slot).view(2, h, w, c)
     assert torch.equal(back, x)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_written_out_window_attention_equals_the_fused_kernel(shifted):
+    """CPU training writes window attention out (the official order); inference runs
+    ``scaled_dot_product_attention``: the same outputs, and gradients as float64's."""
+    from gdino.model.backbone import WindowAttention
+
+    torch.manual_seed(0)
+    attn = randomize_(WindowAttention(24, 7, 3), seed=5)
+    x = torch.randn(16, 49, 24)  # two images of 2 x 4 windows
+    mask = shift_region_mask(14, 28, 7, 3, torch.device("cpu")) if shifted else None
+    with torch.no_grad():
+        fused = attn(x, mask)
+    written = attn(x, mask)
+    assert written.grad_fn is not None
+    torch.testing.assert_close(written, fused, atol=1e-6, rtol=1e-5)
+    grad = torch.randn(written.shape)
+    got = torch.autograd.grad(written, list(attn.parameters()), grad)
+    double = WindowAttention(24, 7, 3).double()
+    double.load_state_dict(attn.state_dict())
+    want = torch.autograd.grad(double(x.double(), mask), list(double.parameters()), grad.double())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)

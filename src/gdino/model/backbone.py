@@ -113,12 +113,13 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(n, n, heads).permute(2, 0, 1).to(q.dtype)  # [heads, N, N]
         full = bias[None] if mask is None else bias[None] + mask[:, None].to(q.dtype)  # [nW or 1, heads, N, N]
-        if torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_exporting():
+        full_precision = q.dtype in (torch.float32, torch.float64)  # autocast: the math path's float32 softmax
+        if torch.is_grad_enabled() and x.device.type == "cpu" and full_precision and not torch.compiler.is_exporting():
             # training on the CPU: the bias needs a gradient, so scaled_dot_product_attention would
             # run its math fallback, which scales q and k separately, materializes the expanded
             # mask and checks every row for -inf; written out (the official order: q * scale,
-            # q @ k^T, + bias and mask, softmax, @ v) a Swin-T step's window attention is 10-20%
-            # cheaper. Windows of one image are consecutive: [B, nW, heads, N, N] + [nW, heads, N, N].
+            # q @ k^T, + bias and mask, softmax, @ v) a block's window attention costs 2-19% less
+            # (stage 1 the most). Windows of one image are consecutive: [B, nW, ...] + [nW, ...].
             scores = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
             scores = (scores.view(-1, full.shape[0], heads, n, n) + full).view(bw, heads, n, n)
             out = scores.softmax(-1) @ v
