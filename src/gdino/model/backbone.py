@@ -5,7 +5,8 @@ block pads to a multiple of the window size (padded tokens are not masked, as th
 shifted blocks keep each window to its regions with an additive mask (:data:`REGION_MASK_VALUE`, not the
 official -100; the same results, see there), patch merging pads odd sizes. Parameter names follow the
 official checkpoint (``backbone.0.*`` there, ``backbone.*`` in gdino). Window attention runs through
-``scaled_dot_product_attention`` with the relative position bias (and shift mask) as additive mask.
+``scaled_dot_product_attention`` with the relative position bias (and shift mask) as additive mask,
+except in full-precision training on the CPU, where it is written out (see ``WindowAttention``).
 """
 
 from __future__ import annotations
